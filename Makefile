@@ -1,0 +1,68 @@
+# Build of the engine. `make` builds everything buildable here, `make test` builds and runs every
+# test that needs no GPU, `make bench` builds ./bench, `make SAN=1 test` runs the tests under
+# AddressSanitizer + UndefinedBehaviorSanitizer. Objects go to build/ (build-san/ for SAN=1).
+
+CXX      ?= g++
+SAN      ?= 0
+NATIVE   ?= 1
+
+ifeq ($(SAN),1)
+  BUILD    := build-san
+  OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDSAN    := -fsanitize=address,undefined
+else
+  BUILD    := build
+  OPT      := -O3 -g1
+  LDSAN    :=
+endif
+ifeq ($(NATIVE),1)
+  ARCH := -march=native
+else
+  ARCH := -march=x86-64-v2
+endif
+
+CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
+LDLIBS   := -fopenmp -lopenblas -lz -lpthread $(LDSAN)
+
+LIB_DIRS := engine kernels kernels/cpu kernels/ref autograd models train
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
+LIB      := $(BUILD)/libengine.a
+
+TEST_SRC := $(wildcard tests/*.cpp)
+TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
+TEST_BIN := $(BUILD)/run_tests
+
+BENCH_SRC := $(wildcard tests/bench/*.cpp)
+BENCH_OBJ := $(BENCH_SRC:%.cpp=$(BUILD)/%.o)
+
+.PHONY: all test bench setup clean
+all: setup $(TEST_BIN) bench
+
+setup:
+	@bash scripts/setup.sh
+
+$(BUILD)/%.o: %.cpp | setup
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(TEST_BIN): $(TEST_OBJ) $(LIB)
+	$(CXX) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
+
+bench: ./bench
+./bench: $(BENCH_OBJ) $(LIB)
+	$(CXX) $(BENCH_OBJ) $(LIB) $(LDLIBS) -o $@
+
+# Tests run with 2 OpenMP threads (the target machine) unless the caller says otherwise.
+test: setup $(TEST_BIN)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} \
+	  ASAN_OPTIONS=detect_leaks=1 ./$(TEST_BIN) $(TEST_ARGS)
+
+clean:
+	rm -rf build build-san ./bench
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d)

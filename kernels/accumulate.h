@@ -1,0 +1,13 @@
+// dst += alpha * src, in place (src is broadcast to dst's shape). The one primitive that the
+// backward engine (gradient accumulation) and the optimizers rely on.
+#pragma once
+#include "kernels/backend.h"
+
+namespace kernels {
+namespace cpu {
+void accumulate(Tensor& dst, const Tensor& src, double alpha);
+}
+inline void accumulate(Tensor& dst, const Tensor& src, double alpha = 1.0) {
+  KERNEL_ROUTE(dst.device(), accumulate, dst, src, alpha);
+}
+}  // namespace kernels
