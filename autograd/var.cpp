@@ -88,25 +88,27 @@ void Var::backward(const Tensor& grad_output) const {
 
   // Topological order of the nodes reachable from this one (iterative DFS: graphs of deep
   // models would overflow a recursive one).
-  std::vector<VarImpl*> order;
+  // `order` owns its entries: processing a node drops its edges, which may release the last
+  // other reference to an input that is still waiting for its turn.
+  std::vector<std::shared_ptr<VarImpl>> order;
   std::unordered_set<VarImpl*> seen;
-  std::vector<std::pair<VarImpl*, size_t>> stack{{impl_.get(), 0}};
+  std::vector<std::pair<std::shared_ptr<VarImpl>, size_t>> stack{{impl_, 0}};
   seen.insert(impl_.get());
   while (!stack.empty()) {
     auto& [v, next] = stack.back();
     Node* n = v->grad_fn.get();
     if (n && next < n->inputs.size()) {
-      VarImpl* in = n->inputs[next++].get();
-      if (in && in->grad_fn && seen.insert(in).second) stack.push_back({in, 0});
+      const std::shared_ptr<VarImpl>& in = n->inputs[next++];
+      if (in && in->grad_fn && seen.insert(in.get()).second) stack.push_back({in, 0});
       continue;
     }
-    order.push_back(v);
+    order.push_back(std::move(v));
     stack.pop_back();
   }
 
   impl_->grad = g0;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    VarImpl* v = *it;
+    VarImpl* v = it->get();
     std::shared_ptr<Node> node = v->grad_fn;
     Tensor gout = std::move(v->grad);
     v->grad = Tensor();
