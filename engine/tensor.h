@@ -58,7 +58,7 @@ class Tensor {
   bool is_contiguous() const;
   const std::shared_ptr<Storage>& storage() const { return storage_; }
   bool shares_storage(const Tensor& o) const { return storage_ && storage_ == o.storage_; }
-  std::string describe() const;  // e.g. "f32[3, 4] (cpu)" for error messages
+  std::string describe() const;  // e.g. "f32[3, 4]" ("f32[3, 4] (sim:0)" off the CPU), for errors
 
   // Pointer to the first element (storage base + offset).
   void* raw_data() const;
