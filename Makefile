@@ -21,7 +21,7 @@ else
   ARCH := -march=x86-64-v2
 endif
 
-CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fno-math-errno -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
+CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
 LDLIBS   := -fopenmp -lopenblas -lz -lpthread $(LDSAN)
 
 LIB_DIRS := engine kernels kernels/cpu kernels/ref autograd models train

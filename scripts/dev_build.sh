@@ -19,7 +19,7 @@ for src in "${core[@]}" "$@"; do
   obj="$out/obj/${src%.cpp}.o"
   mkdir -p "$(dirname "$obj")"
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find engine kernels autograd tests -name '*.h' -newer "$obj" 2>/dev/null | head -1)" ]; then
-    g++ -std=c++20 $opt -march=native -fno-math-errno -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san -c "$src" -o "$obj"
+    g++ -std=c++20 $opt -march=native -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san -c "$src" -o "$obj"
   fi
   objs+=("$obj")
 done
