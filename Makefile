@@ -24,13 +24,17 @@ endif
 CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
 LDLIBS   := -fopenmp -lopenblas -lz -lpthread $(LDSAN)
 
-LIB_DIRS := engine kernels kernels/cpu kernels/ref autograd models train
+LIB_DIRS := engine kernels kernels/cpu kernels/ref kernels/sim autograd models train
 LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
-LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
+# CUDA sources: compiled by g++ against the emulation layer (kernels/sim) for the sim backend,
+# and by nvcc for GPUs (`make cuda`).
+CU_SRC   := $(wildcard kernels/cuda/*.cu)
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 LIB      := $(BUILD)/libengine.a
 
 TEST_SRC := $(wildcard tests/*.cpp)
-TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
+TEST_CU  := $(wildcard tests/*.cu)
+TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o) $(TEST_CU:%.cu=$(BUILD)/%.cu.o)
 TEST_BIN := $(BUILD)/run_tests
 
 BENCH_SRC := $(wildcard tests/bench/*.cpp)
@@ -45,6 +49,10 @@ setup:
 $(BUILD)/%.o: %.cpp | setup
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu | setup
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -DENGINE_SIM -x c++ -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@

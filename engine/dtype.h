@@ -48,7 +48,7 @@ struct bf16 {
   static uint16_t from_float(float f) {
     uint32_t u;
     std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;  // canonical NaN, as the GPU's cvt.rn.bf16.f32
     u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
     return uint16_t(u >> 16);
   }

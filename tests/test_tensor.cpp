@@ -157,6 +157,7 @@ TEST_CASE("tensor: bf16 rounding is IEEE round-to-nearest-even") {
   CHECK(float(bf16(1.00390625f)) == 1.0f);        // exact tie -> even (down)
   CHECK(float(bf16(1.01171875f)) == 1.015625f);   // exact tie -> even (up)
   CHECK(std::isnan(float(bf16(NAN))));
+  CHECK(bf16::from_float(-NAN) == 0x7fff);  // canonical NaN, as the GPU
   CHECK(std::isinf(float(bf16(INFINITY))));
   CHECK(std::isinf(float(bf16(3.4e38f))));         // rounds past the largest bf16
 }

@@ -1,0 +1,16 @@
+// Every differentiable op, for models and tests that use many of them.
+#pragma once
+#include "autograd/attention.h"
+#include "autograd/concat.h"
+#include "autograd/cross_entropy.h"
+#include "autograd/dropout.h"
+#include "autograd/elementwise.h"
+#include "autograd/index.h"
+#include "autograd/l2norm.h"
+#include "autograd/layernorm.h"
+#include "autograd/matmul.h"
+#include "autograd/reduce.h"
+#include "autograd/softmax.h"
+#include "autograd/topk.h"
+#include "autograd/var.h"
+#include "autograd/views.h"
