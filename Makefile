@@ -58,12 +58,14 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(TEST_BIN): $(TEST_OBJ) $(LIB)
-	$(CXX) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
+# Binaries link the objects, not the archive, so that self-registering translation units (the
+# CUDA/sim backend's device hooks) are always included.
+$(TEST_BIN): $(TEST_OBJ) $(LIB_OBJ)
+	$(CXX) $(TEST_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
 
 bench: ./bench
-./bench: $(BENCH_OBJ) $(LIB)
-	$(CXX) $(BENCH_OBJ) $(LIB) $(LDLIBS) -o $@
+./bench: $(BENCH_OBJ) $(LIB_OBJ)
+	$(CXX) $(BENCH_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
 
 # Tests run with 2 OpenMP threads (the target machine) unless the caller says otherwise.
 test: setup $(TEST_BIN)
