@@ -14,12 +14,19 @@ san=""
 core=(engine/error.cpp engine/allocator.cpp engine/storage.cpp engine/tensor.cpp
       kernels/backend.cpp kernels/cpu/accumulate.cpp autograd/var.cpp autograd/gradcheck.cpp
       tests/main.cpp)
+# Any .cu file given pulls in the sim runtime and the CUDA backend's device code.
+for src in "$@"; do
+  case $src in *.cu) core+=(kernels/sim/runtime.cpp kernels/sim/scheduler.cpp kernels/sim/warp.cpp
+                            kernels/cuda/device.cu); break ;; esac
+done
 objs=()
 for src in "${core[@]}" "$@"; do
-  obj="$out/obj/${src%.cpp}.o"
+  obj="$out/obj/${src%.*}.${src##*.}.o"
   mkdir -p "$(dirname "$obj")"
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find engine kernels autograd tests -name '*.h' -newer "$obj" 2>/dev/null | head -1)" ]; then
-    g++ -std=c++20 $opt -march=native -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san -c "$src" -o "$obj"
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find engine kernels autograd tests \( -name '*.h' -o -name '*.cuh' \) -newer "$obj" 2>/dev/null | head -1)" ]; then
+    lang=()
+    [ "${src##*.}" = cu ] && lang=(-DENGINE_SIM -x c++)
+    g++ -std=c++20 $opt -march=native -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san "${lang[@]}" -c "$src" -o "$obj"
   fi
   objs+=("$obj")
 done
