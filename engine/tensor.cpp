@@ -97,7 +97,8 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(storage_->data()) + offset_ * int64_t(element_size());
 }
 
-Tensor Tensor::view(const Shape& shape_in) const {
+// Resolves a -1 in `shape_in` against numel; throws for malformed shapes.
+static Shape infer_shape(const Shape& shape_in, int64_t numel, const std::string& who) {
   Shape shape = shape_in;
   int infer = -1;
   int64_t known = 1;
@@ -111,47 +112,59 @@ Tensor Tensor::view(const Shape& shape_in) const {
     }
   }
   if (infer >= 0) {
-    ENGINE_CHECK(known > 0 && numel() % known == 0, "view: cannot view ", describe(), " as ", shape_in);
-    shape[infer] = numel() / known;
+    ENGINE_CHECK(known > 0 && numel % known == 0, "view: cannot view ", who, " as ", shape_in);
+    shape[infer] = numel / known;
   }
-  ENGINE_CHECK(shape.numel() == numel(), "view: cannot view ", describe(), " (", numel(),
-               " elements) as ", shape_in);
-  // Strides for the new shape: old dims are grouped into chunks that are contiguous among
-  // themselves; each chunk must map onto a run of new dims with the same element count.
-  Shape new_strides = contiguous_strides(shape);
-  if (numel() > 0 && dim() > 0) {
-    int view_d = shape.size() - 1;
-    int64_t chunk_base = strides_[dim() - 1], tensor_numel = 1, view_numel = 1;
-    for (int d = dim() - 1; d >= 0; --d) {
-      tensor_numel *= shape_[d];
-      if (d == 0 || (shape_[d - 1] != 1 && strides_[d - 1] != tensor_numel * chunk_base)) {
-        while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
-          new_strides[view_d] = view_numel * chunk_base;
-          view_numel *= shape[view_d];
-          --view_d;
-        }
-        ENGINE_CHECK(view_numel == tensor_numel, "view: ", describe(), " with strides ", strides_,
-                     " cannot be viewed as ", shape_in, " without a copy; use reshape()");
-        if (d > 0) {
-          chunk_base = strides_[d - 1];
-          tensor_numel = view_numel = 1;
-        }
+  ENGINE_CHECK(shape.numel() == numel, "view: cannot view ", who, " (", numel, " elements) as ",
+               shape_in);
+  return shape;
+}
+
+// Strides that let this tensor's memory be read as `shape` without a copy, if they exist: old
+// dims are grouped into chunks that are contiguous among themselves; each chunk must map onto a
+// run of new dims with the same element count.
+bool Tensor::view_strides(const Shape& shape, Shape& new_strides) const {
+  new_strides = contiguous_strides(shape);
+  if (numel() == 0 || dim() == 0) return true;
+  int view_d = shape.size() - 1;
+  int64_t chunk_base = strides_[dim() - 1], tensor_numel = 1, view_numel = 1;
+  for (int d = dim() - 1; d >= 0; --d) {
+    tensor_numel *= shape_[d];
+    if (d == 0 || (shape_[d - 1] != 1 && strides_[d - 1] != tensor_numel * chunk_base)) {
+      while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
+        new_strides[view_d] = view_numel * chunk_base;
+        view_numel *= shape[view_d];
+        --view_d;
+      }
+      if (view_numel != tensor_numel) return false;
+      if (d > 0) {
+        chunk_base = strides_[d - 1];
+        tensor_numel = view_numel = 1;
       }
     }
-    ENGINE_CHECK(view_d == -1, "view: ", describe(), " cannot be viewed as ", shape_in);
   }
+  return view_d == -1;
+}
+
+Tensor Tensor::view(const Shape& shape_in) const {
+  Shape shape = infer_shape(shape_in, numel(), describe());
+  Shape new_strides;
+  ENGINE_CHECK(view_strides(shape, new_strides), "view: ", describe(), " with strides ", strides_,
+               " cannot be viewed as ", shape_in, " without a copy; use reshape()");
   Tensor t = *this;
   t.shape_ = shape;
   t.strides_ = new_strides;
   return t;
 }
 
-Tensor Tensor::reshape(const Shape& shape) const {
-  try {
-    return view(shape);
-  } catch (const Error&) {
-    return contiguous().view(shape);
-  }
+Tensor Tensor::reshape(const Shape& shape_in) const {
+  Shape shape = infer_shape(shape_in, numel(), describe());
+  Shape new_strides;
+  if (!view_strides(shape, new_strides)) return contiguous().view(shape);  // copy only when needed
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = new_strides;
+  return t;
 }
 
 Tensor Tensor::permute(const std::vector<int>& dims) const {

@@ -100,6 +100,8 @@ class Tensor {
   std::vector<T> to_vector() const;  // row-major, converted to T
 
  private:
+  bool view_strides(const Shape& shape, Shape& new_strides) const;
+
   std::shared_ptr<Storage> storage_;
   Shape shape_, strides_;
   int64_t offset_ = 0;
