@@ -79,7 +79,7 @@ test: setup $(TEST_BIN)
 NVCC       ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCH  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-NVCCFLAGS  := -std=c++20 -O3 $(CUDA_ARCH) -Xptxas -v -I. -Xcompiler -fopenmp,-fno-math-errno
+NVCCFLAGS  := -std=c++20 -O3 $(CUDA_ARCH) -Xptxas -v -I. -DENGINE_NVTX -Xcompiler -fopenmp,-fno-math-errno
 CUDA_BUILD := build-cuda
 CUDA_OBJ   := $(CU_SRC:%.cu=$(CUDA_BUILD)/%.o)
 HOST_OBJ   := $(filter-out $(BUILD)/kernels/sim/% %.cu.o,$(LIB_OBJ))
