@@ -22,6 +22,7 @@
 #include <limits>
 
 #include "kernels/attention.h"
+#include "kernels/cpu/blas_threads.h"
 
 namespace kernels::cpu {
 namespace {
@@ -68,26 +69,6 @@ inline double exp_vec(double x) { return std::exp(x); }  // f64 is for checks, n
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// OpenBLAS must run single-threaded inside our parallel regions (its own threads would
-// oversubscribe the cores); restores the previous setting on exit.
-class BlasSingleThread {
- public:
-  explicit BlasSingleThread(bool on) : on_(on) {
-    if (on_) {
-      prev_ = openblas_get_num_threads();
-      openblas_set_num_threads(1);
-    }
-  }
-  ~BlasSingleThread() {
-    if (on_) openblas_set_num_threads(prev_);
-  }
-  BlasSingleThread(const BlasSingleThread&) = delete;
-  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
-
- private:
-  bool on_;
-  int prev_ = 1;
-};
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

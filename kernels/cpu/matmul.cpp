@@ -1,4 +1,5 @@
 #include "kernels/matmul.h"
+#include "kernels/cpu/blas_threads.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -152,11 +153,9 @@ template <class T>
 void run_batch(const Call<T>& call, int64_t batch, int64_t flops, const T* A, int64_t sa,
                const T* B, int64_t sb, T* C, int64_t sc) {
   if (spread_over_batch(batch, flops)) {
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    BlasSingleThread single;
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < batch; ++p) call(A + p * sa, B + p * sb, C + p * sc);
-    openblas_set_num_threads(prev);
   } else {
     for (int64_t p = 0; p < batch; ++p) call(A + p * sa, B + p * sb, C + p * sc);
   }
