@@ -77,8 +77,8 @@ void Var::backward(const Tensor& grad_output) const {
     ENGINE_CHECK(numel() == 1, "backward: grad_output must be given for a Var of shape ", shape());
     g0 = Tensor::ones(shape(), dtype(), device());
   }
-  ENGINE_CHECK(g0.shape() == shape(), "backward: grad_output ", g0.describe(),
-               " does not match ", data().describe());
+  ENGINE_CHECK(g0.shape() == shape() && g0.dtype() == dtype(), "backward: grad_output ",
+               g0.describe(), " does not match ", data().describe());
   if (is_leaf()) {
     accumulate_grad(impl_.get(), g0, "backward");
     return;

@@ -1,37 +1,10 @@
 #include "autograd/views.h"
 
 #include "engine/strided.h"
+#include "kernels/elementwise.h"
 
 namespace autograd {
 namespace {
-
-// Sums g over the dims that broadcasting added or stretched, giving a tensor of `shape`.
-// A plain strided loop: the target seen through a stride-0 expansion, accumulated row by row.
-// (A shared kernels::sum_to_shape, when it exists, can replace this.)
-Tensor sum_to_shape(const Tensor& g, const Shape& shape) {
-  if (g.shape() == shape) return g;
-  Tensor out = Tensor::zeros(shape, g.dtype(), g.device());
-  engine::check_cpu(g, "expand backward");
-  const Tensor target = out.expand(g.shape());
-  engine::visit_float(g.dtype(), "expand backward", [&](auto z) {
-    using T = decltype(z);
-    T* d = target.data<T>();
-    const T* s = g.data<T>();
-    engine::for_each_row<2>(g.shape(), {target.strides(), g.strides()},
-                            [&](const int64_t* off, int64_t n, const int64_t* in) {
-                              T* dp = d + off[0];
-                              const T* sp = s + off[1];
-                              if (in[0] == 0) {
-                                T acc = 0;
-                                for (int64_t i = 0; i < n; ++i) acc += sp[i * in[1]];
-                                *dp += acc;
-                              } else {
-                                for (int64_t i = 0; i < n; ++i) dp[i * in[0]] += sp[i * in[1]];
-                              }
-                            });
-  });
-  return out;
-}
 
 // Gradient of a view that picks part of x: zeros of x's shape with g copied into that part.
 template <class Pick>
@@ -115,7 +88,7 @@ Var squeeze(const Var& x, int dim) {
 Var expand(const Var& x, const Shape& shape) {
   Shape xs = x.shape();
   return make_result(x.data().expand(shape), "expand", {x},
-                     [xs](const Tensor& g, Grads& grads) { grads.set(0, sum_to_shape(g, xs)); });
+                     [xs](const Tensor& g, Grads& grads) { grads.set(0, kernels::sum_to_shape(g, xs)); });
 }
 
 Var contiguous(const Var& x) {

@@ -35,12 +35,13 @@ inline int32_t ordered(int32_t b) { return b ^ ((b >> 31) & 0x7fffffff); }
 }  // namespace detail
 
 // exp for f32 without a libm call: Cody-Waite range reduction and a degree-6 polynomial on
-// [-ln2/2, ln2/2], max error ~1.4 ulp. glibc's expf does not vectorise without -ffast-math,
-// and exp dominates softmax, sigmoid and GELU. Results below FLT_MIN are flushed to 0.
-// Clamping and the special cases use integer min/max and bit masks: a float select over
-// computed values keeps GCC (with its default -ftrapping-math) from vectorising the loop.
-// exp(x + lo), lo a small correction carried beside x: lets a caller pass an argument known to
-// more than float precision (see erfc_scaled_f32). Range checks look at x alone.
+// [-ln2/2, ln2/2] (Cephes' expf coefficients), max error ~1.4 ulp. glibc's expf does not
+// vectorise without -ffast-math, and exp dominates softmax, sigmoid and GELU. Results below
+// FLT_MIN are flushed to 0; inf, -inf and NaN give inf, 0 and NaN. Clamping and the special
+// cases use integer min/max and bit masks: a float select over computed values keeps GCC
+// (with its default -ftrapping-math) from vectorising the loop.
+// This form computes exp(x + lo), lo a small correction carried beside x, for callers that
+// know the argument to more than float precision (erfc_scaled_f32). Range checks use x alone.
 inline float exp_f32(float x, float lo) {
   using detail::bits_of;
   using detail::float_of;

@@ -32,6 +32,19 @@ Tensor mean_all(const Tensor& x);
 Tensor max_backward(const Tensor& g, const Tensor& argmax, const Shape& in_shape, int axis);
 }  // namespace ref
 
+// The GPU kernels (kernels/cuda/reduce.cu): f32 or bf16 on the device, accumulated in f32 per
+// row (f64 across blocks for sum_all / mean_all, whose two-stage order is fixed by the size, so
+// results are reproducible). Any axis (the last one is the fast, coalesced case).
+namespace cuda {
+Tensor sum(const Tensor& x, int axis, bool keepdim = false);
+Tensor mean(const Tensor& x, int axis, bool keepdim = false);
+Tensor max(const Tensor& x, int axis, bool keepdim = false);
+Tensor argmax(const Tensor& x, int axis, bool keepdim = false);
+Tensor logsumexp(const Tensor& x, int axis, bool keepdim = false);
+Tensor sum_all(const Tensor& x);
+Tensor mean_all(const Tensor& x);
+}  // namespace cuda
+
 inline Tensor sum(const Tensor& x, int axis, bool keepdim = false) {
   KERNEL_ROUTE(x.device(), sum, x, axis, keepdim);
 }

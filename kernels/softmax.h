@@ -23,6 +23,15 @@ Tensor softmax_backward(const Tensor& g, const Tensor& y, int axis);
 Tensor log_softmax_backward(const Tensor& g, const Tensor& y, int axis);
 }  // namespace ref
 
+// The GPU kernels (kernels/cuda/softmax.cu): f32 or bf16 on the device, computed in f32; any
+// axis (the last one is the fast, coalesced case). An all -inf row gives NaN, as on the CPU.
+namespace cuda {
+Tensor softmax(const Tensor& x, int axis);
+Tensor log_softmax(const Tensor& x, int axis);
+Tensor softmax_backward(const Tensor& g, const Tensor& y, int axis);
+Tensor log_softmax_backward(const Tensor& g, const Tensor& y, int axis);
+}  // namespace cuda
+
 inline Tensor softmax(const Tensor& x, int axis) { KERNEL_ROUTE(x.device(), softmax, x, axis); }
 inline Tensor log_softmax(const Tensor& x, int axis) {
   KERNEL_ROUTE(x.device(), log_softmax, x, axis);

@@ -5,6 +5,8 @@
 // accumulators on the stack, so nothing is transposed or copied.
 #include "kernels/reduce.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -64,6 +66,10 @@ void for_each_slice(const AxisLayout& L, RowFn&& row, StripFn&& strip, int64_t b
     for (int64_t o = 0; o < L.outer; ++o) row(o);
     return;
   }
+  // Few outer slices (a reduction over the leading axis): narrower strips, so that every
+  // thread gets some.
+  while (par && block > 16 && L.outer * ((L.inner + block - 1) / block) < 4 * omp_get_max_threads())
+    block /= 2;
   const int64_t nb = (L.inner + block - 1) / block;
 #pragma omp parallel for if (par) schedule(static)
   for (int64_t t = 0; t < L.outer * nb; ++t) {

@@ -4,6 +4,8 @@
 // columns walk the axis with per-column statistics on the stack, so nothing is transposed.
 #include "kernels/softmax.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -56,8 +58,11 @@ void for_each_slice(const AxisLayout& L, size_t elem, RowFn&& row, StripFn&& str
     for (int64_t o = 0; o < L.outer; ++o) row(o);
     return;
   }
-  const int64_t block =
+  int64_t block =
       std::clamp<int64_t>(kStripBytes / std::max<int64_t>(1, L.len * int64_t(elem)), 64, kBlock);
+  // Few outer slices: narrower strips, so that every thread gets some.
+  while (par && block > 16 && L.outer * ((L.inner + block - 1) / block) < 4 * omp_get_max_threads())
+    block /= 2;
   const int64_t nb = (L.inner + block - 1) / block;
 #pragma omp parallel for if (par) schedule(static)
   for (int64_t t = 0; t < L.outer * nb; ++t) {
