@@ -40,7 +40,7 @@ TEST_BIN := $(BUILD)/run_tests
 BENCH_SRC := $(wildcard tests/bench/*.cpp)
 BENCH_OBJ := $(BENCH_SRC:%.cpp=$(BUILD)/%.o)
 
-.PHONY: all test bench setup clean cuda ptxas-report check-nvcc
+.PHONY: all test setup clean cuda ptxas-report check-nvcc
 all: setup $(TEST_BIN) bench
 
 setup:
@@ -63,8 +63,8 @@ $(LIB): $(LIB_OBJ)
 $(TEST_BIN): $(TEST_OBJ) $(LIB_OBJ)
 	$(CXX) $(TEST_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
 
-bench: ./bench
-./bench: $(BENCH_OBJ) $(LIB_OBJ)
+# `make bench` builds the file ./bench (make treats ./bench and bench as the same target).
+bench: $(BENCH_OBJ) $(LIB_OBJ)
 	$(CXX) $(BENCH_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
 
 # Tests run with 2 OpenMP threads (the target machine) unless the caller says otherwise.
