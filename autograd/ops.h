@@ -9,6 +9,7 @@
 #include "autograd/l2norm.h"
 #include "autograd/layernorm.h"
 #include "autograd/matmul.h"
+#include "autograd/patchify.h"
 #include "autograd/reduce.h"
 #include "autograd/softmax.h"
 #include "autograd/topk.h"

@@ -48,6 +48,17 @@ void sgd_momentum_step(const Tensor& params, const Tensor& grads, const Tensor& 
                        bool nesterov, double grad_scale);
 }  // namespace ref
 
+// CUDA kernels (kernels/cuda/adamw.cu), on kernels::cuda::device() buffers, f32 or f64; the decay
+// mask must have the params' dtype there (no conversion on the device). 16-byte vectorised when
+// every buffer has unit stride and the same offset mod 16 (e.g. views of buffers allocated alike).
+namespace cuda {
+void adamw_step(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                const Tensor& decay_mask, const AdamWParams& hp);
+void sgd_momentum_step(const Tensor& params, const Tensor& grads, const Tensor& buf,
+                       const Tensor& decay_mask, double lr, double momentum, double weight_decay,
+                       bool nesterov, double grad_scale);
+}  // namespace cuda
+
 inline void adamw_step(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                        const Tensor& decay_mask, const AdamWParams& hp) {
   KERNEL_ROUTE(params.device(), adamw_step, params, grads, m, v, decay_mask, hp);

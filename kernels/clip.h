@@ -23,6 +23,14 @@ namespace ref {
 double grad_norm(const std::vector<Tensor>& tensors);  // plain double loop, tests only
 }  // namespace ref
 
+// CUDA kernels (kernels/cuda/adamw.cu), on kernels::cuda::device() tensors. grad_norm: a two-stage
+// reduction over the same fixed 65536-element chunks, bit-identical from run to run; the result
+// comes back to the host (a synchronisation). scale_: f32/f64, any layout without overlap.
+namespace cuda {
+double grad_norm(const std::vector<Tensor>& tensors);
+void scale_(const Tensor& t, double s);
+}  // namespace cuda
+
 inline double grad_norm(const std::vector<Tensor>& tensors) {
   for (const Tensor& t : tensors)
     if (t.defined() && !t.device().is_cpu()) KERNEL_ROUTE(t.device(), grad_norm, tensors);

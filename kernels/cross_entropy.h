@@ -51,6 +51,24 @@ Tensor softmax_cross_entropy_soft_backward(const Tensor& g, const Tensor& logits
                                            double scale = 1.0);
 }  // namespace ref
 
+// CUDA kernels (kernels/cuda/cross_entropy.cu), on kernels::cuda::device() tensors. Logits f32 or
+// bf16 with contiguous rows; losses and lse come back in f32 (fp32 statistics, also for bf16
+// logits); the backward takes lse in f32, bf16 or f64. Targets are checked on the device and the
+// status read back once per call (a synchronisation), with the CPU op's error message.
+namespace cuda {
+CrossEntropyOut softmax_cross_entropy(const Tensor& logits, const Tensor& targets,
+                                      double label_smoothing = 0.0, int64_t ignore_index = -100);
+Tensor softmax_cross_entropy_backward(const Tensor& g, const Tensor& logits,
+                                      const Tensor& targets, const Tensor& lse,
+                                      double label_smoothing = 0.0, int64_t ignore_index = -100,
+                                      double scale = 1.0);
+CrossEntropyOut softmax_cross_entropy_soft(const Tensor& logits, const Tensor& target_probs);
+Tensor softmax_cross_entropy_soft_backward(const Tensor& g, const Tensor& logits,
+                                           const Tensor& target_probs, const Tensor& lse,
+                                           double scale = 1.0);
+Tensor loss_sum(const Tensor& losses, double scale = 1.0);
+}  // namespace cuda
+
 inline CrossEntropyOut softmax_cross_entropy(const Tensor& logits, const Tensor& targets,
                                              double label_smoothing = 0.0,
                                              int64_t ignore_index = -100) {

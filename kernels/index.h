@@ -58,6 +58,16 @@ Tensor gather(const Tensor& x, int axis, const Tensor& idx);
 Tensor scatter_add(const Shape& base_shape, int axis, const Tensor& idx, const Tensor& src);
 }  // namespace ref
 
+// CUDA kernels (kernels/cuda/index.cu), on kernels::cuda::device() tensors; any layout. Indices are
+// checked on the device and the status read back once per call (a synchronisation), with the
+// CPU op's error message. embedding_backward is deterministic and sums in the CPU op's order
+// (bit-identical results), f32/f64.
+namespace cuda {
+Tensor embedding(const Tensor& table, const Tensor& ids);
+Tensor embedding_backward(const Tensor& g, const Tensor& ids, int64_t num_rows,
+                          int64_t padding_idx = -1);
+}  // namespace cuda
+
 inline Tensor embedding(const Tensor& table, const Tensor& ids) {
   KERNEL_ROUTE(table.device(), embedding, table, ids);
 }
