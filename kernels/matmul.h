@@ -36,6 +36,15 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
 Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
 }  // namespace ref
 
+namespace cuda {
+// cuBLAS behind kernels/cuda/blas.h (kernels/cuda/matmul.cu): the same semantics, f32 / bf16 /
+// f64, device tensors only.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+void matmul_out(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                double alpha, double beta);
+Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+}  // namespace cuda
+
 inline Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false) {
   KERNEL_ROUTE(a.device(), matmul, a, b, trans_a, trans_b);
 }

@@ -172,225 +172,377 @@ void check_forward(const Case& c, uint64_t stream) {
   CHECK(rms_kernel <= 2 * rms_naive);
 }
 
-}  // namespace
-
-TEST_CASE("attention: forward matches the reference on odd sizes, masks and QK LayerNorm") {
+// The odd-size sweep over n, head dim, mask kind and QK LayerNorm (fewer cases at head dim 32
+// to keep the suite fast), each case with its own random streams; checks the cases of one mask
+// kind and QK-LN setting.
+void forward_sweep(MaskKind only_mask, bool only_qk_norm) {
   uint64_t stream = 100;
   for (int64_t n : {1, 17, 63, 65, 130})
     for (int64_t dh : {8, 32, 64})
       for (MaskKind mk : {MaskKind::none, MaskKind::one_key, MaskKind::fully_masked_batch})
         for (bool qkn : {false, true}) {
-          if (dh == 32 && mk != MaskKind::none && n != 130) continue;  // keep the suite fast
-          check_forward({2, 3, n, n, dh, mk, qkn, false}, stream);
+          if (dh == 32 && mk != MaskKind::none && n != 130) continue;
+          if (mk == only_mask && qkn == only_qk_norm)
+            check_forward({2, 3, n, n, dh, mk, qkn, false}, stream);
           stream += 10;
         }
 }
 
-TEST_CASE("attention: head dim 128, cross attention and causal masks") {
-  check_forward({1, 2, 37, 37, 128, MaskKind::one_key, true, false}, 11);
-  check_forward({2, 3, 37, 37, 128, MaskKind::none, false, false}, 12);
-  check_forward({2, 3, 13, 71, 32, MaskKind::one_key, true, false}, 13);  // Nq != Nk
-  check_forward({2, 3, 71, 5, 16, MaskKind::fully_masked_batch, false, false}, 14);
-  check_forward({2, 3, 67, 67, 24, MaskKind::none, false, true}, 15);
-  check_forward({2, 3, 67, 67, 24, MaskKind::fully_masked_batch, true, true}, 16);
-  check_forward({2, 3, 130, 130, 8, MaskKind::one_key, false, true}, 17);
-  check_forward({3, 1, 1, 1, 7, MaskKind::none, true, true}, 18);
-}
-
-TEST_CASE("attention: fully masked rows give zero output and -inf lse, no NaN") {
-  const Case c{2, 3, 9, 11, 8, MaskKind::fully_masked_batch, true, false};
-  const Inputs in = make_inputs(c, 40);
+// Fully masked last batch element (an f32 0/1 mask), f64 inputs and options.
+struct FullyMasked {
+  Case c{2, 3, 9, 11, 8, MaskKind::fully_masked_batch, true, false};
+  Inputs in = make_inputs(c, 40);
   AttentionOptions o = options_for(c, 40);
-  o.key_mask = o.key_mask.to(DType::f32);
-  for (DType dt : {DType::f32, DType::f64}) {
-    o = with_weight_dtype(o, dt);
-    auto r = kernels::attention_forward(in.q.to(dt), in.k.to(dt), in.v.to(dt), o);
-    CHECK(all_finite(r.out));
-    CHECK(max_abs_diff(r.out.select(0, 1), Tensor::zeros({3, 9, 8})) == 0);
-    for (double l : r.lse.select(0, 1).to_vector<double>()) CHECK(l == -INFINITY);
-    Tensor g = randn({2, 3, 9, 8}, 41, dt);
-    auto gr = kernels::attention_backward(g, in.q.to(dt), in.k.to(dt), in.v.to(dt), o, r);
-    for (const Tensor* t : {&gr.dq, &gr.dk, &gr.dv, &gr.dqk_norm_weight}) CHECK(all_finite(*t));
-    CHECK(max_abs_diff(gr.dq.select(0, 1), Tensor::zeros({3, 9, 8})) == 0);
-    CHECK(max_abs_diff(gr.dv.select(0, 1), Tensor::zeros({3, 11, 8})) == 0);
-  }
-}
+  FullyMasked() { o.key_mask = o.key_mask.to(DType::f32); }
+};
 
-TEST_CASE("attention: strided inputs, token-major layout and bf16") {
-  const int64_t B = 2, N = 29, H = 3, Dh = 16;
-  // Fused QKV projection output [B, N, 3, H, Dh]; q, k, v are strided [B, H, N, Dh] views.
+// q, k, v: strided [B, H, N, Dh] views of a fused QKV projection output [B, N, 3, H, Dh], with
+// an i32 mask (any integer or 0/1 float mask dtype works) and QK LayerNorm.
+struct StridedQkv {
+  static constexpr int64_t B = 2, N = 29, H = 3, Dh = 16;
   Tensor qkv = randn({B, N, 3, H, Dh}, 50, DType::f32, 1.5);
   Tensor q = qkv.select(2, 0).permute({0, 2, 1, 3});
   Tensor k = qkv.select(2, 1).permute({0, 2, 1, 3});
   Tensor v = qkv.select(2, 2).permute({0, 2, 1, 3});
-  AttentionOptions o = with_weight_dtype(options_for({B, H, N, N, Dh, MaskKind::one_key, true}, 50),
-                                         DType::f32);
-  o.key_mask = o.key_mask.to(DType::i32);  // any integer (or 0/1 float) mask dtype works
-  auto ref = kernels::ref::attention_forward(q, k, v, o);
+  AttentionOptions o =
+      with_weight_dtype(options_for({B, H, N, N, Dh, MaskKind::one_key, true}, 50), DType::f32);
+  // A strided gradient of the output: token-major [B, N, H, Dh] storage.
+  Tensor g = randn({B, N, H, Dh}, 51).permute({0, 2, 1, 3});
+  StridedQkv() { o.key_mask = o.key_mask.to(DType::i32); }
+};
+
+// Gradcheck of q, k, v (and the QK-LN weight) for every mask kind.
+void gradcheck_attention(bool qkn, bool causal) {
+  for (MaskKind mk : {MaskKind::none, MaskKind::one_key, MaskKind::fully_masked_batch}) {
+    const int64_t B = mk == MaskKind::none ? 1 : 2, N = causal ? 5 : 9, Dh = qkn ? 4 : 6;
+    const Case c{B, 2, N, N, Dh, mk, qkn, causal};
+    CAPTURE(int(mk));
+    const uint64_t stream = 200 + 10 * ((uint64_t(mk) * 2 + qkn) * 2 + causal);
+    const Inputs in = make_inputs(c, stream);
+    const AttentionOptions o = options_for(c, stream);
+    std::vector<Tensor> xs{in.q, in.k, in.v};
+    if (qkn) xs.push_back(o.qk_norm_weight);
+    auto f = [&](const std::vector<autograd::Var>& x) {
+      return autograd::attention(x[0], x[1], x[2], o.key_mask, qkn ? x[3] : autograd::Var(), 0.7,
+                                 causal);
+    };
+    auto res = autograd::gradcheck(f, xs);
+    INFO(res.detail);
+    CHECK(res.ok);
+  }
+}
+
+// The sizes that take the blocked, multi-threaded paths that gradcheck's tiny inputs do not,
+// with their random streams.
+const Case kBlocked[] = {Case{2, 3, 130, 130, 32, MaskKind::one_key, true, false},
+                         Case{2, 3, 67, 67, 16, MaskKind::fully_masked_batch, true, true},
+                         Case{1, 1, 97, 61, 8, MaskKind::none, false, false}};
+uint64_t blocked_stream(int i) { return 300 + 10 * uint64_t(i); }
+
+// The f64 gradient must match a central difference of L(x) = <g, out(x)> along a random
+// direction d: dL along d = <grad, d>.
+void check_directional_derivative(int i) {
+  const Case& c = kBlocked[i];
+  const uint64_t stream = blocked_stream(i);
+  const Inputs in = make_inputs(c, stream);
+  const AttentionOptions o = options_for(c, stream);
+  const Tensor g = randn({c.B, c.H, c.Nq, c.Dh}, stream + 3, DType::f64);
+  auto fwd = kernels::attention_forward(in.q, in.k, in.v, o);
+  auto gr = kernels::attention_backward(g, in.q, in.k, in.v, o, fwd);
+
+  auto loss = [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& w) {
+    AttentionOptions ow = o;
+    if (o.qk_norm) ow.qk_norm_weight = w;
+    auto r = kernels::attention_forward(q, k, v, ow);
+    std::vector<double> a = r.out.to_vector<double>(), b = g.to_vector<double>();
+    double s = 0;
+    for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+    return s;
+  };
+  auto shifted = [](const Tensor& x, const Tensor& d, double eps) {
+    std::vector<double> a = x.to_vector<double>(), b = d.to_vector<double>();
+    for (size_t i = 0; i < a.size(); ++i) a[i] += eps * b[i];
+    return Tensor::from_vector(a, x.shape());
+  };
+  auto dot = [](const Tensor& a, const Tensor& b) {
+    std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+    double s = 0;
+    for (size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
+    return s;
+  };
+  const double eps = 1e-5;
+  const Tensor w = o.qk_norm ? o.qk_norm_weight : Tensor::zeros({c.Dh}, DType::f64);
+  for (int which = 0; which < (o.qk_norm ? 4 : 3); ++which) {
+    CAPTURE(which);
+    const Tensor* x = which == 0 ? &in.q : which == 1 ? &in.k : which == 2 ? &in.v : &w;
+    const Tensor* an = which == 0   ? &gr.dq
+                       : which == 1 ? &gr.dk
+                       : which == 2 ? &gr.dv
+                                    : &gr.dqk_norm_weight;
+    const Tensor d = randn(x->shape(), stream + 10 + which, DType::f64);
+    auto at = [&](double e) {
+      Tensor xs = shifted(*x, d, e);
+      return loss(which == 0 ? xs : in.q, which == 1 ? xs : in.k, which == 2 ? xs : in.v,
+                  which == 3 ? xs : w);
+    };
+    const double numeric = (at(eps) - at(-eps)) / (2 * eps);
+    const double analytic = dot(*an, d);
+    CHECK(std::abs(numeric - analytic) <= 1e-6 * (1 + std::abs(numeric)));
+  }
+}
+
+// The f32 backward kernel against the f64 one on the same (f32-rounded) inputs.
+void check_backward_f32_vs_f64(int i) {
+  const Case& c = kBlocked[i];
+  const uint64_t stream = blocked_stream(i);
+  const Inputs in = make_inputs(c, stream);
+  const AttentionOptions o = options_for(c, stream);
+  const Tensor g = randn({c.B, c.H, c.Nq, c.Dh}, stream + 3, DType::f64);
+  const AttentionOptions o32 = with_weight_dtype(o, DType::f32);
+  const Tensor q = in.q.to(DType::f32), k = in.k.to(DType::f32), v = in.v.to(DType::f32);
+  auto gr32 = kernels::attention_backward(g.to(DType::f32), q, k, v, o32,
+                                          kernels::attention_forward(q, k, v, o32));
+  auto gr64 = kernels::attention_backward(
+      g, q.to(DType::f64), k.to(DType::f64), v.to(DType::f64), o,
+      kernels::attention_forward(q.to(DType::f64), k.to(DType::f64), v.to(DType::f64), o));
+  CHECK_CLOSE(gr32.dq, gr64.dq, 1e-4, 1e-4);
+  CHECK_CLOSE(gr32.dk, gr64.dk, 1e-4, 1e-4);
+  CHECK_CLOSE(gr32.dv, gr64.dv, 1e-4, 1e-4);
+  if (o.qk_norm) CHECK_CLOSE(gr32.dqk_norm_weight, gr64.dqk_norm_weight, 1e-4, 1e-3);
+}
+
+// q [2, 3, 11, 8] etc. with one key kept and QK LayerNorm, for the autograd op.
+struct AutogradCase {
+  Case c{2, 3, 11, 11, 8, MaskKind::one_key, true, false};
+  Inputs in = make_inputs(c, 400);
+  AttentionOptions o = options_for(c, 400);
+};
+
+// Valid f32 q [2, 3, 5, 8], k and v [2, 3, 7, 8] for the error checks.
+struct ErrorInputs {
+  Tensor q = randn({2, 3, 5, 8}, 500), k = randn({2, 3, 7, 8}, 501), v = randn({2, 3, 7, 8}, 502);
+};
+
+}  // namespace
+
+// ---- forward
+
+TEST_CASE("attention: forward matches the reference on odd sizes, no mask") {
+  forward_sweep(MaskKind::none, false);
+}
+TEST_CASE("attention: forward matches the reference on odd sizes, no mask, QK LayerNorm") {
+  forward_sweep(MaskKind::none, true);
+}
+TEST_CASE("attention: forward matches the reference on odd sizes, one key kept") {
+  forward_sweep(MaskKind::one_key, false);
+}
+TEST_CASE("attention: forward matches the reference on odd sizes, one key kept, QK LayerNorm") {
+  forward_sweep(MaskKind::one_key, true);
+}
+TEST_CASE("attention: forward matches the reference on odd sizes, a fully masked batch") {
+  forward_sweep(MaskKind::fully_masked_batch, false);
+}
+TEST_CASE(
+    "attention: forward matches the reference on odd sizes, a fully masked batch, QK LayerNorm") {
+  forward_sweep(MaskKind::fully_masked_batch, true);
+}
+
+TEST_CASE("attention: forward with head dim 128, one key kept and QK LayerNorm") {
+  check_forward({1, 2, 37, 37, 128, MaskKind::one_key, true, false}, 11);
+}
+TEST_CASE("attention: forward with head dim 128") {
+  check_forward({2, 3, 37, 37, 128, MaskKind::none, false, false}, 12);
+}
+TEST_CASE("attention: forward of cross attention with fewer queries than keys") {
+  check_forward({2, 3, 13, 71, 32, MaskKind::one_key, true, false}, 13);
+}
+TEST_CASE("attention: forward of cross attention with more queries than keys") {
+  check_forward({2, 3, 71, 5, 16, MaskKind::fully_masked_batch, false, false}, 14);
+}
+TEST_CASE("attention: forward with a causal mask") {
+  check_forward({2, 3, 67, 67, 24, MaskKind::none, false, true}, 15);
+}
+TEST_CASE("attention: forward with a causal mask, a fully masked batch and QK LayerNorm") {
+  check_forward({2, 3, 67, 67, 24, MaskKind::fully_masked_batch, true, true}, 16);
+}
+TEST_CASE("attention: forward with a causal mask and one key kept") {
+  check_forward({2, 3, 130, 130, 8, MaskKind::one_key, false, true}, 17);
+}
+TEST_CASE("attention: forward with one query and one key, causal, QK LayerNorm") {
+  check_forward({3, 1, 1, 1, 7, MaskKind::none, true, true}, 18);
+}
+
+// ---- fully masked rows
+
+TEST_CASE_TEMPLATE("attention: fully masked rows give zero output and -inf lse, no NaN", T, float,
+                   double) {
+  const DType dt = engine::dtype_v<T>;
+  const FullyMasked m;
+  const AttentionOptions o = with_weight_dtype(m.o, dt);
+  auto r = kernels::attention_forward(m.in.q.to(dt), m.in.k.to(dt), m.in.v.to(dt), o);
+  CHECK(all_finite(r.out));
+  CHECK(max_abs_diff(r.out.select(0, 1), Tensor::zeros({3, 9, 8})) == 0);
+  for (double l : r.lse.select(0, 1).to_vector<double>()) CHECK(l == -INFINITY);
+}
+
+TEST_CASE_TEMPLATE("attention: backward of fully masked rows is finite and zero", T, float,
+                   double) {
+  const DType dt = engine::dtype_v<T>;
+  const FullyMasked m;
+  const AttentionOptions o = with_weight_dtype(m.o, dt);
+  const Tensor q = m.in.q.to(dt), k = m.in.k.to(dt), v = m.in.v.to(dt);
   auto r = kernels::attention_forward(q, k, v, o);
+  Tensor g = randn({2, 3, 9, 8}, 41, dt);
+  auto gr = kernels::attention_backward(g, q, k, v, o, r);
+  for (const Tensor* t : {&gr.dq, &gr.dk, &gr.dv, &gr.dqk_norm_weight}) CHECK(all_finite(*t));
+  CHECK(max_abs_diff(gr.dq.select(0, 1), Tensor::zeros({3, 9, 8})) == 0);
+  CHECK(max_abs_diff(gr.dv.select(0, 1), Tensor::zeros({3, 11, 8})) == 0);
+}
+
+// ---- layouts and bf16
+
+TEST_CASE("attention: strided q, k, v views of a fused QKV output match the reference") {
+  const StridedQkv s;
+  auto ref = kernels::ref::attention_forward(s.q, s.k, s.v, s.o);
+  auto r = kernels::attention_forward(s.q, s.k, s.v, s.o);
   CHECK_CLOSE(r.out, ref.out, 1e-5, 2e-6);
   CHECK_CLOSE(r.lse, ref.lse, 1e-5, 2e-6);
-  // The output follows q's token-major layout: merging heads back is a free view.
+}
+
+TEST_CASE("attention: the output follows q's token-major layout") {
+  // Merging heads back is a free view.
+  const StridedQkv s;
+  auto r = kernels::attention_forward(s.q, s.k, s.v, s.o);
   CHECK(r.out.permute({0, 2, 1, 3}).is_contiguous());
+}
 
-  // Rows that are not unit-stride (transposed storage) are copied, with the same result.
-  Tensor qn = testing::non_contiguous(q.contiguous()), kn = testing::non_contiguous(k.contiguous());
-  Tensor vn = testing::non_contiguous(v.contiguous());
+TEST_CASE("attention: inputs whose rows are not unit-stride are copied, with the same result") {
+  // Transposed storage.
+  const StridedQkv s;
+  auto ref = kernels::ref::attention_forward(s.q, s.k, s.v, s.o);
+  Tensor qn = testing::non_contiguous(s.q.contiguous()),
+         kn = testing::non_contiguous(s.k.contiguous());
+  Tensor vn = testing::non_contiguous(s.v.contiguous());
   CHECK(qn.stride(3) != 1);
-  auto rn = kernels::attention_forward(qn, kn, vn, o);
+  auto rn = kernels::attention_forward(qn, kn, vn, s.o);
   CHECK_CLOSE(rn.out, ref.out, 1e-5, 2e-6);
+}
 
-  // Strided gradient output and token-major gradients match the contiguous computation.
-  Tensor g = randn({B, N, H, Dh}, 51).permute({0, 2, 1, 3});
-  auto gs = kernels::attention_backward(g, q, k, v, o, r);
-  auto gc = kernels::attention_backward(g.contiguous(), q.contiguous(), k.contiguous(),
-                                        v.contiguous(), o, kernels::attention_forward(
-                                            q.contiguous(), k.contiguous(), v.contiguous(), o));
+TEST_CASE("attention: backward of strided inputs and gradient matches the contiguous one") {
+  // And the gradients are token-major.
+  const StridedQkv s;
+  auto r = kernels::attention_forward(s.q, s.k, s.v, s.o);
+  auto gs = kernels::attention_backward(s.g, s.q, s.k, s.v, s.o, r);
+  auto gc = kernels::attention_backward(
+      s.g.contiguous(), s.q.contiguous(), s.k.contiguous(), s.v.contiguous(), s.o,
+      kernels::attention_forward(s.q.contiguous(), s.k.contiguous(), s.v.contiguous(), s.o));
   CHECK(gs.dq.permute({0, 2, 1, 3}).is_contiguous());
   CHECK_CLOSE(gs.dq, gc.dq, 1e-5, 1e-6);
   CHECK_CLOSE(gs.dk, gc.dk, 1e-5, 1e-6);
   CHECK_CLOSE(gs.dv, gc.dv, 1e-5, 1e-6);
   CHECK_CLOSE(gs.dqk_norm_weight, gc.dqk_norm_weight, 1e-5, 1e-6);
+}
 
-  // bf16 in, computed in f32: output bf16 (rounded once), lse f32.
-  Tensor qb = q.to(DType::bf16), kb = k.to(DType::bf16), vb = v.to(DType::bf16);
-  auto rb = kernels::attention_forward(qb, kb, vb, o);
-  auto refb = kernels::ref::attention_forward(qb, kb, vb, o);
+TEST_CASE("attention: bf16 forward is computed in f32, output bf16 (rounded once), lse f32") {
+  const StridedQkv s;
+  Tensor qb = s.q.to(DType::bf16), kb = s.k.to(DType::bf16), vb = s.v.to(DType::bf16);
+  auto rb = kernels::attention_forward(qb, kb, vb, s.o);
+  auto refb = kernels::ref::attention_forward(qb, kb, vb, s.o);
   CHECK(rb.out.dtype() == DType::bf16);
   CHECK(rb.lse.dtype() == DType::f32);
   CHECK_CLOSE(rb.out, refb.out, 8e-3, 1e-3);
   CHECK_CLOSE(rb.lse, refb.lse, 1e-5, 2e-6);
-  auto gb = kernels::attention_backward(g.to(DType::bf16), qb, kb, vb, o, rb);
+}
+
+TEST_CASE("attention: bf16 backward gives bf16 input gradients and an f32 weight gradient") {
+  const StridedQkv s;
+  Tensor qb = s.q.to(DType::bf16), kb = s.k.to(DType::bf16), vb = s.v.to(DType::bf16);
+  auto rb = kernels::attention_forward(qb, kb, vb, s.o);
+  auto gb = kernels::attention_backward(s.g.to(DType::bf16), qb, kb, vb, s.o, rb);
   CHECK(gb.dq.dtype() == DType::bf16);
   CHECK(gb.dqk_norm_weight.dtype() == DType::f32);
 }
 
-TEST_CASE("attention: empty batch and no keys") {
+// ---- edge cases
+
+TEST_CASE("attention: an empty batch gives empty outputs") {
   AttentionOptions o;
   auto r = kernels::attention_forward(Tensor::zeros({0, 2, 5, 4}), Tensor::zeros({0, 2, 5, 4}),
                                       Tensor::zeros({0, 2, 5, 4}), o);
   CHECK(r.out.shape() == Shape{0, 2, 5, 4});
   CHECK(r.lse.shape() == Shape{0, 2, 5});
+}
+
+TEST_CASE("attention: no keys give zero output and -inf lse") {
+  AttentionOptions o;
   auto r0 = kernels::attention_forward(randn({1, 2, 3, 4}, 60), Tensor::zeros({1, 2, 0, 4}),
                                        Tensor::zeros({1, 2, 0, 4}), o);
   CHECK(max_abs_diff(r0.out, Tensor::zeros({1, 2, 3, 4})) == 0);
   for (double l : r0.lse.to_vector<double>()) CHECK(l == -INFINITY);
 }
 
-TEST_CASE("attention: gradcheck in f64 for q, k, v and the QK-LN weight") {
-  uint64_t stream = 200;
-  for (MaskKind mk : {MaskKind::none, MaskKind::one_key, MaskKind::fully_masked_batch})
-    for (bool qkn : {false, true})
-      for (bool causal : {false, true}) {
-        const int64_t B = mk == MaskKind::none ? 1 : 2, N = causal ? 5 : 9, Dh = qkn ? 4 : 6;
-        const Case c{B, 2, N, N, Dh, mk, qkn, causal};
-        CAPTURE(int(mk));
-        CAPTURE(qkn);
-        CAPTURE(causal);
-        const Inputs in = make_inputs(c, stream);
-        const AttentionOptions o = options_for(c, stream);
-        stream += 10;
-        std::vector<Tensor> xs{in.q, in.k, in.v};
-        if (qkn) xs.push_back(o.qk_norm_weight);
-        auto f = [&](const std::vector<autograd::Var>& x) {
-          return autograd::attention(x[0], x[1], x[2], o.key_mask,
-                                     qkn ? x[3] : autograd::Var(), 0.7, causal);
-        };
-        auto res = autograd::gradcheck(f, xs);
-        INFO(res.detail);
-        CHECK(res.ok);
-      }
+// ---- gradients
+
+TEST_CASE("attention: gradcheck of q, k, v for every mask kind") {
+  gradcheck_attention(false, false);
+}
+TEST_CASE("attention: gradcheck of q, k, v for every mask kind, causal") {
+  gradcheck_attention(false, true);
+}
+TEST_CASE("attention: gradcheck of q, k, v and the QK-LN weight for every mask kind") {
+  gradcheck_attention(true, false);
+}
+TEST_CASE("attention: gradcheck of q, k, v and the QK-LN weight for every mask kind, causal") {
+  gradcheck_attention(true, true);
 }
 
-// Larger sizes take the blocked, multi-threaded paths that gradcheck's tiny inputs do not: the
-// f64 gradient must match a central difference along a random direction, and the f32 kernel
-// the f64 one.
-TEST_CASE("attention: backward on blocked sizes (directional derivative, f32 vs f64)") {
-  uint64_t stream = 300;
-  for (const Case& c : {Case{2, 3, 130, 130, 32, MaskKind::one_key, true, false},
-                        Case{2, 3, 67, 67, 16, MaskKind::fully_masked_batch, true, true},
-                        Case{1, 1, 97, 61, 8, MaskKind::none, false, false}}) {
-    CAPTURE(c.Nq);
-    const Inputs in = make_inputs(c, stream);
-    const AttentionOptions o = options_for(c, stream);
-    const Tensor g = randn({c.B, c.H, c.Nq, c.Dh}, stream + 3, DType::f64);
-    stream += 10;
-    auto fwd = kernels::attention_forward(in.q, in.k, in.v, o);
-    auto gr = kernels::attention_backward(g, in.q, in.k, in.v, o, fwd);
-
-    // L(x) = <g, out(x)>; dL along direction d = <grad, d>.
-    auto loss = [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& w) {
-      AttentionOptions ow = o;
-      if (o.qk_norm) ow.qk_norm_weight = w;
-      auto r = kernels::attention_forward(q, k, v, ow);
-      std::vector<double> a = r.out.to_vector<double>(), b = g.to_vector<double>();
-      double s = 0;
-      for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-      return s;
-    };
-    auto shifted = [](const Tensor& x, const Tensor& d, double eps) {
-      std::vector<double> a = x.to_vector<double>(), b = d.to_vector<double>();
-      for (size_t i = 0; i < a.size(); ++i) a[i] += eps * b[i];
-      return Tensor::from_vector(a, x.shape());
-    };
-    auto dot = [](const Tensor& a, const Tensor& b) {
-      std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-      double s = 0;
-      for (size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
-      return s;
-    };
-    const double eps = 1e-5;
-    const Tensor w = o.qk_norm ? o.qk_norm_weight : Tensor::zeros({c.Dh}, DType::f64);
-    for (int which = 0; which < (o.qk_norm ? 4 : 3); ++which) {
-      CAPTURE(which);
-      const Tensor* x = which == 0 ? &in.q : which == 1 ? &in.k : which == 2 ? &in.v : &w;
-      const Tensor* an = which == 0 ? &gr.dq : which == 1 ? &gr.dk : which == 2 ? &gr.dv
-                                                                               : &gr.dqk_norm_weight;
-      const Tensor d = randn(x->shape(), stream + which, DType::f64);
-      auto at = [&](double e) {
-        Tensor xs = shifted(*x, d, e);
-        return loss(which == 0 ? xs : in.q, which == 1 ? xs : in.k, which == 2 ? xs : in.v,
-                    which == 3 ? xs : w);
-      };
-      const double numeric = (at(eps) - at(-eps)) / (2 * eps);
-      const double analytic = dot(*an, d);
-      CHECK(std::abs(numeric - analytic) <= 1e-6 * (1 + std::abs(numeric)));
-    }
-
-    const AttentionOptions o32 = with_weight_dtype(o, DType::f32);
-    const Tensor q = in.q.to(DType::f32), k = in.k.to(DType::f32), v = in.v.to(DType::f32);
-    auto gr32 = kernels::attention_backward(g.to(DType::f32), q, k, v, o32,
-                                            kernels::attention_forward(q, k, v, o32));
-    auto gr64 = kernels::attention_backward(g, q.to(DType::f64), k.to(DType::f64),
-                                            v.to(DType::f64), o, kernels::attention_forward(
-                                                q.to(DType::f64), k.to(DType::f64),
-                                                v.to(DType::f64), o));
-    CHECK_CLOSE(gr32.dq, gr64.dq, 1e-4, 1e-4);
-    CHECK_CLOSE(gr32.dk, gr64.dk, 1e-4, 1e-4);
-    CHECK_CLOSE(gr32.dv, gr64.dv, 1e-4, 1e-4);
-    if (o.qk_norm) CHECK_CLOSE(gr32.dqk_norm_weight, gr64.dqk_norm_weight, 1e-4, 1e-3);
-  }
+TEST_CASE("attention: backward directional derivative on blocked sizes, one key kept, QK-LN") {
+  check_directional_derivative(0);
+}
+TEST_CASE(
+    "attention: backward directional derivative on blocked sizes, causal, fully masked batch") {
+  check_directional_derivative(1);
+}
+TEST_CASE("attention: backward directional derivative on blocked sizes, cross attention") {
+  check_directional_derivative(2);
+}
+TEST_CASE("attention: backward f32 matches f64 on blocked sizes, one key kept, QK-LN") {
+  check_backward_f32_vs_f64(0);
+}
+TEST_CASE("attention: backward f32 matches f64 on blocked sizes, causal, fully masked batch") {
+  check_backward_f32_vs_f64(1);
+}
+TEST_CASE("attention: backward f32 matches f64 on blocked sizes, cross attention") {
+  check_backward_f32_vs_f64(2);
 }
 
-TEST_CASE("attention: autograd op matches the kernel and routes gradients") {
-  const Case c{2, 3, 11, 11, 8, MaskKind::one_key, true, false};
-  const Inputs in = make_inputs(c, 400);
-  const AttentionOptions o = options_for(c, 400);
-  autograd::Var q(in.q, true), k(in.k, true), v(in.v, false), w(o.qk_norm_weight, true);
-  autograd::Var y = autograd::attention(q, k, v, o.key_mask, w);
-  CHECK_CLOSE(y.data(), kernels::ref::attention_forward(in.q, in.k, in.v, o).out, 1e-12, 1e-12);
+TEST_CASE("attention: autograd op forward matches the reference") {
+  const AutogradCase a;
+  autograd::Var q(a.in.q, true), k(a.in.k, true), v(a.in.v, false), w(a.o.qk_norm_weight, true);
+  autograd::Var y = autograd::attention(q, k, v, a.o.key_mask, w);
+  CHECK_CLOSE(y.data(), kernels::ref::attention_forward(a.in.q, a.in.k, a.in.v, a.o).out, 1e-12,
+              1e-12);
+}
+
+TEST_CASE("attention: autograd op routes the kernel's gradients to the inputs that need them") {
+  const AutogradCase a;
+  autograd::Var q(a.in.q, true), k(a.in.k, true), v(a.in.v, false), w(a.o.qk_norm_weight, true);
+  autograd::Var y = autograd::attention(q, k, v, a.o.key_mask, w);
   Tensor g = randn(y.shape(), 401, DType::f64);
   y.backward(g);
-  auto gr = kernels::attention_backward(g, in.q, in.k, in.v, o,
-                                        kernels::attention_forward(in.q, in.k, in.v, o));
+  auto gr = kernels::attention_backward(g, a.in.q, a.in.k, a.in.v, a.o,
+                                        kernels::attention_forward(a.in.q, a.in.k, a.in.v, a.o));
   CHECK_CLOSE(q.grad(), gr.dq, 0, 0);
   CHECK_CLOSE(k.grad(), gr.dk, 0, 0);
   CHECK_CLOSE(w.grad(), gr.dqk_norm_weight, 0, 0);
   CHECK(!v.grad().defined());
 }
 
-TEST_CASE("attention: errors name the op and the shapes") {
-  Tensor q = randn({2, 3, 5, 8}, 500), k = randn({2, 3, 7, 8}, 501), v = randn({2, 3, 7, 8}, 502);
+// ---- errors
+
+TEST_CASE("attention: q, k, v of the wrong rank, shape or dtype are errors") {
+  const ErrorInputs e;
+  const Tensor &q = e.q, &k = e.k, &v = e.v;
   AttentionOptions o;
   CHECK_THROWS_CONTAINING(kernels::attention_forward(q.select(0, 0), k, v, o),
                           "attention: expected 'q' to have 4 dimensions");
@@ -402,42 +554,63 @@ TEST_CASE("attention: errors name the op and the shapes") {
                           "attention: v f32[2, 3, 6, 8] must have the shape of k");
   CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v.to(DType::f64), o),
                           "attention: q, k, v must share a dtype");
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q.to(DType::i32), k.to(DType::i32),
-                                                     v.to(DType::i32), o),
-                          "attention: expected floating q");
+  CHECK_THROWS_CONTAINING(
+      kernels::attention_forward(q.to(DType::i32), k.to(DType::i32), v.to(DType::i32), o),
+      "attention: expected floating q");
+}
 
+TEST_CASE("attention: a key_mask of the wrong shape is an error") {
+  const ErrorInputs e;
   AttentionOptions om;
   om.key_mask = Tensor::ones({2, 5}, DType::i32);
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v, om),
+  CHECK_THROWS_CONTAINING(kernels::attention_forward(e.q, e.k, e.v, om),
                           "attention: key_mask i32[2, 5] must be [batch, keys] = [2, 7]");
   om.key_mask = Tensor::ones({7}, DType::i32);
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v, om), "attention: key_mask i32[7]");
+  CHECK_THROWS_CONTAINING(kernels::attention_forward(e.q, e.k, e.v, om),
+                          "attention: key_mask i32[7]");
+}
 
+TEST_CASE("attention: a missing, misshapen or unused qk_norm_weight is an error") {
+  const ErrorInputs e;
   AttentionOptions on;
   on.qk_norm = true;
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v, on),
+  CHECK_THROWS_CONTAINING(kernels::attention_forward(e.q, e.k, e.v, on),
                           "attention: qk_norm needs qk_norm_weight of shape [8]");
   on.qk_norm_weight = Tensor::ones({6});
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v, on),
+  CHECK_THROWS_CONTAINING(kernels::attention_forward(e.q, e.k, e.v, on),
                           "attention: qk_norm_weight f32[6] must be a floating vector of "
                           "the head dim [8]");
   AttentionOptions ow;
   ow.qk_norm_weight = Tensor::ones({8});
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v, ow),
+  CHECK_THROWS_CONTAINING(kernels::attention_forward(e.q, e.k, e.v, ow),
                           "attention: qk_norm_weight given but qk_norm is false");
+}
+
+TEST_CASE("attention: causal attention with fewer queries than keys is an error") {
+  const ErrorInputs e;
   AttentionOptions oc;
   oc.causal = true;
-  CHECK_THROWS_CONTAINING(kernels::attention_forward(q, k, v, oc),
+  CHECK_THROWS_CONTAINING(kernels::attention_forward(e.q, e.k, e.v, oc),
                           "attention: causal attention needs as many queries as keys");
+}
 
-  auto r = kernels::attention_forward(q, k, v, o);
-  CHECK_THROWS_CONTAINING(kernels::attention_backward(randn({2, 3, 5, 7}, 505), q, k, v, o, r),
-                          "attention_backward: g_out f32[2, 3, 5, 7]");
+TEST_CASE("attention: backward errors name the gradient and the saved lse") {
+  const ErrorInputs e;
+  AttentionOptions o;
+  auto r = kernels::attention_forward(e.q, e.k, e.v, o);
+  CHECK_THROWS_CONTAINING(
+      kernels::attention_backward(randn({2, 3, 5, 7}, 505), e.q, e.k, e.v, o, r),
+      "attention_backward: g_out f32[2, 3, 5, 7]");
   kernels::AttentionResult bad = r;
   bad.lse = Tensor::zeros({2, 3, 4});
-  CHECK_THROWS_CONTAINING(kernels::attention_backward(randn({2, 3, 5, 8}, 505), q, k, v, o, bad),
-                          "attention_backward: lse f32[2, 3, 4] must be [2, 3, 5]");
   CHECK_THROWS_CONTAINING(
-      autograd::attention(autograd::Var(q), autograd::Var(k), autograd::Var(v), om.key_mask),
-      "attention: key_mask");
+      kernels::attention_backward(randn({2, 3, 5, 8}, 505), e.q, e.k, e.v, o, bad),
+      "attention_backward: lse f32[2, 3, 4] must be [2, 3, 5]");
+}
+
+TEST_CASE("attention: the autograd op checks the key_mask too") {
+  const ErrorInputs e;
+  CHECK_THROWS_CONTAINING(autograd::attention(autograd::Var(e.q), autograd::Var(e.k),
+                                              autograd::Var(e.v), Tensor::ones({7}, DType::i32)),
+                          "attention: key_mask");
 }
