@@ -25,6 +25,13 @@ L2NormOut l2_normalize(const Tensor& x, double eps, int axis);
 Tensor l2_normalize_backward(const Tensor& g, const Tensor& y, const Tensor& inv_norm, int axis);
 }  // namespace ref
 
+namespace cuda {
+// The GPU kernels (kernels/cuda/l2norm.cu): f32 or bf16 on the device, inv_norm in f32; any
+// axis (the last one is the fast, coalesced case).
+L2NormOut l2_normalize(const Tensor& x, double eps, int axis);
+Tensor l2_normalize_backward(const Tensor& g, const Tensor& y, const Tensor& inv_norm, int axis);
+}  // namespace cuda
+
 inline L2NormOut l2_normalize(const Tensor& x, double eps = 1e-6, int axis = -1) {
   KERNEL_ROUTE(x.device(), l2_normalize, x, eps, axis);
 }

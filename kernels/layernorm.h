@@ -39,6 +39,14 @@ LayerNormGrads layernorm_backward(const Tensor& g, const Tensor& x, const Tensor
                                   const Tensor& mean, const Tensor& rstd, bool has_bias);
 }  // namespace ref
 
+namespace cuda {
+// The GPU kernels (kernels/cuda/layernorm.cu): x, weight and bias f32 or bf16 on the device;
+// mean, rstd, dweight and dbias in f32; dweight/dbias reduced deterministically (no atomics).
+LayerNormOut layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+LayerNormGrads layernorm_backward(const Tensor& g, const Tensor& x, const Tensor& weight,
+                                  const Tensor& mean, const Tensor& rstd, bool has_bias);
+}  // namespace cuda
+
 inline LayerNormOut layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                               double eps = 1e-6) {
   KERNEL_ROUTE(x.device(), layernorm, x, weight, bias, eps);

@@ -2,6 +2,7 @@
 //   ./bench          everything available
 //   ./bench gemm     OpenBLAS sgemm vs our matmul op
 //   ./bench memory   GB/s of the memory-bound kernels vs the machine's copy bandwidth
+//   ./bench kernels  the CUDA kernels on a GPU (`make cuda`, then build-cuda/bench kernels)
 // Threads: OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (default: all cores).
 #include <cblas.h>
 #include <omp.h>
@@ -20,6 +21,10 @@
 
 using engine::DType;
 using engine::Tensor;
+
+namespace bench {
+void bench_kernels();  // tests/bench/bench_kernels.cpp
+}
 
 namespace {
 
@@ -89,7 +94,7 @@ void bench_memory() {
 int main(int argc, char** argv) {
   std::string what = argc > 1 ? argv[1] : "all";
   if (what == "--help" || what == "-h") {
-    std::printf("usage: ./bench [all|gemm|memory]\n");
+    std::printf("usage: ./bench [all|gemm|memory|kernels]\n");
     return 0;
   }
   std::printf("moe-engine bench: %d OpenMP threads, %d OpenBLAS threads\n", omp_get_max_threads(),
@@ -97,8 +102,9 @@ int main(int argc, char** argv) {
   bool all = what == "all";
   if (all || what == "gemm") bench_gemm();
   if (all || what == "memory") bench_memory();
-  if (!all && what != "gemm" && what != "memory") {
-    std::fprintf(stderr, "bench: unknown section '%s' (valid: all, gemm, memory)\n", what.c_str());
+  if (all || what == "kernels") bench::bench_kernels();
+  if (!all && what != "gemm" && what != "memory" && what != "kernels") {
+    std::fprintf(stderr, "bench: unknown section '%s' (valid: all, gemm, memory, kernels)\n", what.c_str());
     return 2;
   }
   return 0;
