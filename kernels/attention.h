@@ -57,6 +57,22 @@ AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const AttentionOptions& opts);
 }  // namespace ref
 
+namespace cuda {
+// The same ops on the CUDA backend (kernels/cuda/attention.cu): f32 and bf16 (f64 is not supported
+// on the GPU), head dims 32, 64, 128, tensors on kernels::cuda::device(); lse and the LayerNorm
+// statistics are f32. Deterministic (no atomics).
+AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const AttentionOptions& opts);
+AttentionGrads attention_backward(const Tensor& g_out, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const AttentionOptions& opts,
+                                  const AttentionResult& fwd);
+// Unfused baseline for benchmarks (kernels/cuda/sdpa_cudnn.cu, nvcc build only; the sim build has
+// no definition): two cuBLAS strided-batched GEMMs around a softmax kernel, contiguous
+// [B, H, N, Dh] f32/bf16, optional key mask and causal, no QK-LN. Returns out and lse.
+AttentionResult sdpa_baseline(const Tensor& q, const Tensor& k, const Tensor& v,
+                              const AttentionOptions& opts);
+}  // namespace cuda
+
 inline AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                          const AttentionOptions& opts = {}) {
   KERNEL_ROUTE(q.device(), attention_forward, q, k, v, opts);
