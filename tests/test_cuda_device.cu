@@ -11,7 +11,7 @@ using engine::DType;
 using engine::Tensor;
 
 namespace {
-__global__ void write_past_end(float* out, int n) {
+[[maybe_unused]] __global__ void write_past_end(float* out, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i <= n) out[i] = 1.0f;  // deliberate off-by-one: writes out[n]
 }
@@ -55,6 +55,7 @@ TEST_CASE("cuda device: launch errors name the kernel; guard bytes catch an out-
   CHECK_NOTHROW(CHECK_LAUNCH("write_in_bounds"));
   CHECK(ok.to_vector<float>()[99] == 99.0f);
 
+#if !defined(__SANITIZE_ADDRESS__)  // under ASan the guards are poisoned: ASan reports the write itself
   std::string msg = "<no error>";
   {
     Tensor bad = Tensor::empty({100}, DType::f32, dev);
@@ -68,6 +69,7 @@ TEST_CASE("cuda device: launch errors name the kernel; guard bytes catch an out-
   INFO(msg);
   CHECK(msg.find("write_past_end") != std::string::npos);
   CHECK(msg.find("test_cuda_device.cu") != std::string::npos);
+#endif
   // An invalid launch configuration is reported too.
   LAUNCH(write_in_bounds, 1, 2048, 0, 0)(ok.data<float>(), 100);
   CHECK_THROWS_CONTAINING(CHECK_LAUNCH("write_in_bounds"), "write_in_bounds");
