@@ -36,7 +36,8 @@ def main(logs):
                 current["regs"] = int(m.group(1))
                 current["smem"] = int(m.group(2) or 0)
     for row, name in zip(rows, demangle([r["mangled"] for r in rows])):
-        row["name"] = name.split("(")[0]
+        # Drop the argument list (cut at the first '(' after removing "(anonymous namespace)").
+        row["name"] = name.replace("(anonymous namespace)::", "").split("(")[0]
     if not rows:
         print("ptxas-report: no kernels compiled yet")
         return 0
