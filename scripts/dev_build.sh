@@ -3,7 +3,8 @@
 # /tmp/dev-NAME, so work on one op family does not depend on others' unfinished files.
 #   scripts/dev_build.sh NAME kernels/cpu/softmax.cpp ... tests/test_softmax.cpp
 #   /tmp/dev-NAME/run_tests            (doctest options apply: -tc='softmax*')
-# OPT=-O0 / SAN=1 change the flags. Objects are reused when the source is unchanged.
+# OPT=-O0 / SAN=1 change the flags. Objects are reused while the source and its headers are
+# unchanged.
 set -euo pipefail
 name=$1; shift
 out=/tmp/dev-$name
@@ -11,7 +12,10 @@ mkdir -p "$out"
 opt=${OPT:--O2}
 san=""
 [ "${SAN:-0}" = 1 ] && san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -g"
-core=(engine/error.cpp engine/allocator.cpp engine/storage.cpp engine/tensor.cpp
+# Objects are shared by every dev build of this checkout with the same flags (written to a
+# temporary name and renamed, so concurrent builds never see a half-written object).
+objdir=/tmp/dev-obj/$(echo "$PWD $opt $san" | md5sum | cut -c1-12)
+core=(engine/error.cpp engine/safetensors.cpp engine/allocator.cpp engine/storage.cpp engine/tensor.cpp
       kernels/backend.cpp kernels/cpu/accumulate.cpp autograd/var.cpp autograd/gradcheck.cpp
       tests/main.cpp)
 # Any .cu file given pulls in the sim runtime and the CUDA backend's device code.
@@ -21,12 +25,20 @@ for src in "$@"; do
 done
 objs=()
 for src in "${core[@]}" "$@"; do
-  obj="$out/obj/${src%.*}.${src##*.}.o"
+  obj="$objdir/${src%.*}.${src##*.}.o"
   mkdir -p "$(dirname "$obj")"
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find engine kernels autograd tests \( -name '*.h' -o -name '*.cuh' \) -newer "$obj" 2>/dev/null | head -1)" ]; then
+  stale=0
+  if [ ! -f "$obj" ] || [ ! -f "$obj.d" ]; then stale=1
+  else  # rebuild when the source or any header it includes (from -MMD's list) is newer
+    for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "$obj.d"); do
+      [ "$dep" -nt "$obj" ] && { stale=1; break; }
+    done
+  fi
+  if [ $stale = 1 ]; then
     lang=()
     [ "${src##*.}" = cu ] && lang=(-DENGINE_SIM -x c++)
-    g++ -std=c++20 $opt -march=native -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san "${lang[@]}" -c "$src" -o "$obj"
+    g++ -std=c++20 $opt -march=native -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san "${lang[@]}" -MMD -MF "$obj.d.$$" -c "$src" -o "$obj.$$"
+    mv "$obj.d.$$" "$obj.d"; mv "$obj.$$" "$obj"
   fi
   objs+=("$obj")
 done
