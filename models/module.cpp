@@ -78,6 +78,12 @@ Var& Module::parameter(const std::string& name) {
     for (auto& [cname, c] : children_)
       if (cname == head) return c->parameter(name.substr(dot + 1));
   }
+  // A child registered without a name contributes its parameters directly (head.weight).
+  for (auto& [cname, c] : children_)
+    if (cname.empty()) {
+      for (const auto& p : c->parameters())
+        if (p.name == name) return c->parameter(name);
+    }
   ENGINE_FAIL("Module(", type_, "): no parameter named '", name, "'");
 }
 
