@@ -14,6 +14,7 @@
 #include "autograd/matmul.h"
 #include "autograd/patchify.h"
 #include "autograd/reduce.h"
+#include "autograd/routing.h"
 #include "autograd/softmax.h"
 #include "autograd/topk.h"
 #include "autograd/var.h"
