@@ -37,11 +37,14 @@ TEST_CU  := $(wildcard tests/*.cu)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o) $(TEST_CU:%.cu=$(BUILD)/%.cu.o)
 TEST_BIN := $(BUILD)/run_tests
 
+TRAIN_SRC := apps/train.cpp
+TRAIN_OBJ := $(TRAIN_SRC:%.cpp=$(BUILD)/%.o)
+
 BENCH_SRC := $(wildcard tests/bench/*.cpp)
 BENCH_OBJ := $(BENCH_SRC:%.cpp=$(BUILD)/%.o)
 
 .PHONY: all test setup clean cuda ptxas-report check-nvcc
-all: setup $(TEST_BIN) bench
+all: setup $(TEST_BIN) bench train
 
 setup:
 	@bash scripts/setup.sh
@@ -66,6 +69,10 @@ $(TEST_BIN): $(TEST_OBJ) $(LIB_OBJ)
 # `make bench` builds the file ./bench (make treats ./bench and bench as the same target).
 bench: $(BENCH_OBJ) $(LIB_OBJ)
 	$(CXX) $(BENCH_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
+
+# `make train` builds ./train.
+train: $(TRAIN_OBJ) $(LIB_OBJ)
+	$(CXX) $(TRAIN_OBJ) $(LIB_OBJ) $(LDLIBS) -lboost_program_options -o $@
 
 # Tests run with 2 OpenMP threads (the target machine) unless the caller says otherwise.
 test: setup $(TEST_BIN)
@@ -102,6 +109,6 @@ ptxas-report: $(CUDA_OBJ)
 	@python3 scripts/ptxas_report.py $(CUDA_OBJ:.o=.o.ptxas)
 
 clean:
-	rm -rf build build-san build-cuda ./bench
+	rm -rf build build-san build-cuda ./bench ./train
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(TRAIN_OBJ:.o=.d)

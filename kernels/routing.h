@@ -13,8 +13,8 @@
 //   out   = combine_rows(ys, plan.rows, gs, T)        [T, D]
 // Expert choice (probs [G, t, E] by groups of t tokens, capacity C): ec = topk_per_expert(probs, C)
 // gives token_ids (global rows g·t + i) and gates [G, E, C]; for G = 1 they are already sorted by
-// expert (rows = ec.token_ids.flatten()); for G > 1, plan = make_dispatch(slot experts [G, E, C]
-// holding e, E) gives the expert-major order: rows = permute_rows(ec.token_ids.flatten(),
+// expert (rows = ec.token_ids.flatten()); for G > 1, plan = make_dispatch(the slot experts, [G, E, C]
+// holding e, flattened to [G·E·C], E) gives the expert-major order: rows = permute_rows(ec.token_ids.flatten(),
 // plan.perm), gates likewise (every expert then owns G·C rows).
 // Backward: combine_rows_backward (d ys, d gs), permute_rows_backward (d x, d gates through perm),
 // topk_per_token_backward / topk_per_expert_backward (d gates -> d probs), router_softmax_backward.

@@ -18,7 +18,7 @@ class Group : public Module {
 };
 }  // namespace
 
-std::shared_ptr<FeedForward> ViT::dense_mlp() const {
+std::shared_ptr<FeedForward> ViT::dense_mlp(const ViTConfig& cfg) {
   MLPConfig m;
   m.dim = cfg.dim;
   m.hidden = cfg.mlp_hidden;
@@ -50,7 +50,7 @@ ViT::ViT(const ViTConfig& c, const FfnFactory& ffn) : Model("ViT"), cfg(c) {
   bc.attn.init = cfg.init;
   bc.norm_eps = cfg.norm_eps;
   blocks = make_blocks(*this, int(cfg.depth), bc,
-                       ffn ? ffn : [this](int) { return dense_mlp(); }, cfg.drop_path);
+                       ffn ? ffn : [this](int) { return dense_mlp(cfg); }, cfg.drop_path);
   if (cfg.pool == ViTConfig::Pool::cls)
     norm = child("norm", std::make_shared<LayerNorm>(cfg.dim, true, cfg.norm_eps));
   else

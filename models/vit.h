@@ -40,8 +40,8 @@ class ViT : public Model {
   Var features(const Var& images, Context& ctx) const;
   // Token features after the last block, [B, N(+1), D]; what recycling and probes look at.
   Var tokens(const Var& images, Context& ctx) const;
-  // The dense MLP of this config (for the non-MoE blocks and for the dense equivalent).
-  std::shared_ptr<FeedForward> dense_mlp() const;
+  // The dense MLP of a config (the non-MoE blocks, and the dense equivalent of an MoE block).
+  static std::shared_ptr<FeedForward> dense_mlp(const ViTConfig& cfg);
 
   ViTConfig cfg;
   int64_t num_patches;
