@@ -24,6 +24,7 @@ using engine::Tensor;
 
 namespace bench {
 void bench_kernels();  // tests/bench/bench_kernels.cpp
+void bench_moe();      // tests/bench/bench_moe.cpp
 }
 
 namespace {
@@ -94,7 +95,7 @@ void bench_memory() {
 int main(int argc, char** argv) {
   std::string what = argc > 1 ? argv[1] : "all";
   if (what == "--help" || what == "-h") {
-    std::printf("usage: ./bench [all|gemm|memory|kernels]\n");
+    std::printf("usage: ./bench [all|gemm|memory|moe|kernels]\n");
     return 0;
   }
   std::printf("moe-engine bench: %d OpenMP threads, %d OpenBLAS threads\n", omp_get_max_threads(),
@@ -102,9 +103,11 @@ int main(int argc, char** argv) {
   bool all = what == "all";
   if (all || what == "gemm") bench_gemm();
   if (all || what == "memory") bench_memory();
+  if (all || what == "moe") bench::bench_moe();
   if (all || what == "kernels") bench::bench_kernels();
-  if (!all && what != "gemm" && what != "memory" && what != "kernels") {
-    std::fprintf(stderr, "bench: unknown section '%s' (valid: all, gemm, memory, kernels)\n", what.c_str());
+  if (!all && what != "gemm" && what != "memory" && what != "moe" && what != "kernels") {
+    std::fprintf(stderr, "bench: unknown section '%s' (valid: all, gemm, memory, moe, kernels)\n",
+                 what.c_str());
     return 2;
   }
   return 0;

@@ -1,0 +1,23 @@
+#include "train/objectives.h"
+
+#include "autograd/ops.h"
+#include "engine/error.h"
+
+namespace train {
+
+Var contrastive_nce(const Var& a, const Var& b, const Var& tau) {
+  ENGINE_CHECK(a.dim() == 2 && b.dim() == 2 && a.shape() == b.shape(),
+               "contrastive_nce: a and b must both be [B, D], got ", a.data().describe(), " and ",
+               b.data().describe());
+  ENGINE_CHECK(tau.numel() == 1, "contrastive_nce: tau must have one element, got ",
+               tau.data().describe());
+  const int64_t B = a.size(0);
+  Var an = autograd::l2_normalize(a, 1e-6), bn = autograd::l2_normalize(b, 1e-6);
+  Var s = autograd::div(autograd::matmul(an, bn, false, true), autograd::reshape(tau, {1, 1}));
+  engine::Tensor diag = engine::Tensor::arange(B);
+  Var l_ab = autograd::cross_entropy(s, diag);
+  Var l_ba = autograd::cross_entropy(autograd::transpose(s, 0, 1), diag);
+  return autograd::mul_scalar(autograd::add(l_ab, l_ba), 0.5);
+}
+
+}  // namespace train
