@@ -1,0 +1,169 @@
+#include "train/run_config.h"
+
+#include "engine/error.h"
+#include "models/presets.h"
+
+namespace train {
+
+namespace {
+
+Json task_defaults() {
+  return Json{{"name", ""},      {"kind", "classify"}, {"data", "images"},   {"head", ""},
+              {"label", "class"}, {"pairs", Json::array()}, {"batch", 64}, {"drop_token", 0.0},
+              {"weight", 1.0},    {"interval", 1}};
+}
+
+Json task(const Json& fields) {
+  Json t = task_defaults();
+  for (auto it = fields.begin(); it != fields.end(); ++it) t[it.key()] = it.value();
+  return t;
+}
+
+Json pairs(std::initializer_list<std::pair<const char*, const char*>> ps) {
+  Json a = Json::array();
+  for (auto [x, y] : ps) a.push_back(Json::array({x, y}));
+  return a;
+}
+
+}  // namespace
+
+Json normalize_task(const Json& t, const std::string& family) {
+  ENGINE_CHECK(t.is_object(), "config: each entry of 'tasks' must be an object, got ", t.dump());
+  Json full = task_defaults();
+  models::merge_strict(full, t, "tasks[]");
+  const std::string name = full["name"];
+  const std::string path = "tasks." + (name.empty() ? std::string("?") : name);
+  models::require(!name.empty(), full, path, "name", "every task needs a name");
+  const std::string kind = full["kind"], data = full["data"];
+  models::require(kind == "classify" || kind == "contrastive", full, path, "kind",
+                  "must be classify or contrastive");
+  if (family == "vit") {
+    models::require(kind == "classify" && data == "images", full, path, "data",
+                    "ViT models train one image classification task (kind classify, data images)");
+  } else {
+    models::require(data == "image" || data == "video" || data == "audio" || data == "triplet",
+                    full, path, "data", "must be image, video, audio or triplet");
+    if (kind == "classify") {
+      models::require(!std::string(full["head"]).empty(), full, path, "head",
+                      "a classify task names its classifier head");
+      models::require(full["label"] == "class" || full["label"] == "direction", full, path, "label",
+                      "must be class or direction");
+      models::require(data != "triplet", full, path, "data", "classify on image, video or audio");
+    } else {
+      models::require(!full["pairs"].empty(), full, path, "pairs",
+                      "a contrastive task lists its modality pairs");
+    }
+  }
+  models::require(full["batch"].get<int64_t>() >= 2 || kind == "classify", full, path, "batch",
+                  "contrastive batches need at least 2 examples");
+  models::require(full["batch"].get<int64_t>() >= 1, full, path, "batch", "must be >= 1");
+  models::require(full["weight"].get<double>() >= 0, full, path, "weight", "must be >= 0");
+  models::require(full["interval"].get<int64_t>() >= 1, full, path, "interval", "must be >= 1");
+  const double r = full["drop_token"].get<double>();
+  models::require(r >= 0 && r < 1, full, path, "drop_token", "must be in [0, 1)");
+  return full;
+}
+
+Json default_run_config(const std::string& model) {
+  Json m = models::preset_config(model);
+  const std::string family = m["family"];
+  Json cfg;
+  cfg["model"] = m;
+  cfg["run"] = {{"steps", 600},          {"seed", 0},         {"threads", 2},
+                {"device", "cpu"},       {"out", "runs/" + model},
+                {"log_every", 10},       {"eval_every", 0},   {"checkpoint_every", 200},
+                {"keep_checkpoints", 2}, {"prefetch", 2},     {"eval_examples", 2000},
+                {"eval_batch", 250}};
+  cfg["data"] = {{"dataset", family == "imp" ? "multimodal" : "auto"},
+                 {"dir", ""},
+                 {"cache_dir", "data"},
+                 {"fashion_mnist_dir", "/usr/share/datasets/fashion-mnist"}};
+  cfg["optimization"] = {
+      {"optimizer",
+       {{"name", "adamw"},
+        {"learning_rate", 1e-3},
+        {"beta1", 0.9},
+        {"beta2", 0.999},
+        {"eps", 1e-7},
+        {"weight_decay", 1e-4},
+        {"momentum", 0.9},
+        {"nesterov", false}}},
+      {"schedule",
+       {{"name", "warmup_cosine"},
+        {"warmup_steps", 50},
+        {"end_lr", 1e-6},
+        {"pre_warmup_steps", 0},
+        {"pre_warmup_start", 2e-5},
+        {"pre_warmup_end", 5e-6}}},
+      {"max_grad_norm", 1.0},
+      {"layer_decay", 1.0},
+      {"label_smoothing", 0.0},
+      {"augment",
+       {{"random_crop", false}, {"crop_padding", 4}, {"flip", false}, {"mixup_alpha", 0.0},
+        {"cutmix_alpha", 0.0}}}};
+  cfg["agd"] = {{"enabled", true}, {"schedule", "round_robin"}};
+
+  if (family == "vit") {
+    cfg["tasks"] = Json::array({task({{"name", "classify"}, {"batch", 128}})});
+    const bool sphero = m["moe"]["type"] == "soft";
+    if (model.find("tiny") != std::string::npos) {
+      cfg["run"]["steps"] = 500;
+      cfg["optimization"]["optimizer"]["learning_rate"] = 2e-3;
+    } else if (m["image_size"].get<int64_t>() >= 224) {
+      cfg["run"]["steps"] = 30;  // 224px ViTs on 2 cores: a smoke run; scale up by override
+      cfg["tasks"][0]["batch"] = 16;
+      cfg["optimization"]["schedule"]["warmup_steps"] = 5;
+    } else {
+      // The switch-ViT recipe (specs/switch_vit.md): Adam 2.5e-4, wd 1e-4, crop + flip.
+      cfg["run"]["steps"] = 300;
+      cfg["optimization"]["optimizer"]["learning_rate"] = 2.5e-4;
+      cfg["optimization"]["augment"]["random_crop"] = true;
+      cfg["optimization"]["augment"]["flip"] = true;
+    }
+    if (sphero) {
+      // The MoE Jetpack recipe, scaled: wd 0.05, clip 5, layer decay 0.6, label smoothing 0.1.
+      cfg["optimization"]["optimizer"]["weight_decay"] = 0.05;
+      cfg["optimization"]["max_grad_norm"] = 5.0;
+      cfg["optimization"]["layer_decay"] = 0.6;
+      cfg["optimization"]["label_smoothing"] = 0.1;
+    }
+  } else {
+    // IMP on the embedded multimodal set: 28×28 images (patch 7), 4-frame videos, 64×32
+    // spectrograms, byte captions. The mixture mirrors the reference's at small scale.
+    cfg["model"]["vision"]["patch"] = 7;
+    cfg["model"]["vision"]["image_size"] = 28;
+    cfg["model"]["vision"]["buckets"] = Json::array({4, 4, 4});
+    cfg["model"]["audio"]["patch"] = 8;
+    cfg["model"]["audio"]["buckets"] = Json::array({8, 4});
+    cfg["model"]["text"]["max_len"] = 40;
+    cfg["model"]["classifiers"] = Json::array(
+        {Json{{"name", "image"}, {"modality", "vision"}, {"classes", 10}},
+         Json{{"name", "video"}, {"modality", "vision"}, {"classes", 4}},
+         Json{{"name", "audio"}, {"modality", "audio"}, {"classes", 10}}});
+    const bool tiny = model.find("tiny") != std::string::npos;
+    const int64_t b = tiny ? 64 : 16;
+    cfg["tasks"] = Json::array({
+        task({{"name", "image_text"}, {"kind", "contrastive"}, {"data", "image"},
+              {"pairs", pairs({{"vision", "text"}})}, {"batch", b}}),
+        task({{"name", "image_cls"}, {"data", "image"}, {"head", "image"}, {"batch", b}}),
+        task({{"name", "video_text"}, {"kind", "contrastive"}, {"data", "video"},
+              {"pairs", pairs({{"vision", "text"}})}, {"batch", b}, {"drop_token", 0.5},
+              {"interval", 3}}),
+        task({{"name", "video_cls"}, {"data", "video"}, {"head", "video"}, {"label", "direction"},
+              {"batch", b}, {"interval", 2}}),
+        task({{"name", "video_audio_text"}, {"kind", "contrastive"}, {"data", "triplet"},
+              {"pairs", pairs({{"vision", "audio"}, {"vision", "text"}, {"audio", "text"}})},
+              {"batch", b}, {"interval", 3}}),
+        task({{"name", "audio_cls"}, {"data", "audio"}, {"head", "audio"}, {"batch", b},
+              {"interval", 2}}),
+    });
+    cfg["run"]["steps"] = tiny ? 600 : 60;
+    cfg["run"]["checkpoint_every"] = tiny ? 200 : 20;
+    cfg["run"]["log_every"] = tiny ? 10 : 1;
+    cfg["run"]["eval_examples"] = tiny ? 1000 : 200;
+    cfg["optimization"]["schedule"]["warmup_steps"] = tiny ? 50 : 10;
+  }
+  return cfg;
+}
+
+}  // namespace train
