@@ -24,7 +24,7 @@ endif
 CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
 LDLIBS   := -fopenmp -lopenblas -lz -lpthread $(LDSAN)
 
-LIB_DIRS := engine kernels kernels/cpu kernels/ref kernels/sim autograd models train
+LIB_DIRS := engine kernels kernels/cpu kernels/ref kernels/sim autograd models trainer
 LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
 # CUDA sources: compiled by g++ against the emulation layer (kernels/sim) for the sim backend,
 # and by nvcc for GPUs (`make cuda`).
@@ -71,8 +71,9 @@ bench: $(BENCH_OBJ) $(LIB_OBJ)
 	$(CXX) $(BENCH_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
 
 # `make train` builds ./train.
+TRAIN_BIN ?= train
 train: $(TRAIN_OBJ) $(LIB_OBJ)
-	$(CXX) $(TRAIN_OBJ) $(LIB_OBJ) $(LDLIBS) -lboost_program_options -o $@
+	$(CXX) $(TRAIN_OBJ) $(LIB_OBJ) $(LDLIBS) -lboost_program_options -o $(TRAIN_BIN)
 
 # Tests run with 2 OpenMP threads (the target machine) unless the caller says otherwise.
 test: setup $(TEST_BIN)

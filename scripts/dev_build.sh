@@ -15,7 +15,7 @@ san=""
 # Objects are shared by every dev build of this checkout with the same flags (written to a
 # temporary name and renamed, so concurrent builds never see a half-written object).
 objdir=/tmp/dev-obj/$(echo "$PWD $opt $san" | md5sum | cut -c1-12)
-core=(engine/error.cpp engine/safetensors.cpp engine/allocator.cpp engine/storage.cpp engine/tensor.cpp
+core=(engine/error.cpp engine/omp_env.cpp engine/safetensors.cpp engine/allocator.cpp engine/storage.cpp engine/tensor.cpp
       kernels/backend.cpp kernels/cpu/accumulate.cpp autograd/var.cpp autograd/gradcheck.cpp
       tests/main.cpp)
 # Any .cu file given pulls in the sim runtime and the CUDA backend's device code.

@@ -16,9 +16,9 @@
 
 #include "engine/philox.h"
 #include "tests/helpers.h"
-#include "train/augment.h"
-#include "train/image_data.h"
-#include "train/loader.h"
+#include "trainer/augment.h"
+#include "trainer/image_data.h"
+#include "trainer/loader.h"
 
 using namespace train;
 namespace fs = std::filesystem;

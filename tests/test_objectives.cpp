@@ -7,8 +7,8 @@
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "tests/helpers.h"
-#include "train/metrics.h"
-#include "train/objectives.h"
+#include "trainer/metrics.h"
+#include "trainer/objectives.h"
 
 using testing::randn;
 

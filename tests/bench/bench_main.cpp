@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "engine/omp_env.h"
 #include "engine/tensor.h"
 #include "kernels/adamw.h"
 #include "kernels/elementwise.h"
@@ -93,6 +94,7 @@ void bench_memory() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  engine::ensure_passive_omp_wait(argc, argv);  // see engine/omp_env.h
   std::string what = argc > 1 ? argv[1] : "all";
   if (what == "--help" || what == "-h") {
     std::printf("usage: ./bench [all|gemm|memory|moe|kernels]\n");

@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
-#include "train/image_data.h"
+#include "trainer/image_data.h"
 
 namespace train {
 

@@ -1,4 +1,4 @@
-#include "train/augment.h"
+#include "trainer/augment.h"
 
 #include <algorithm>
 #include <cmath>

@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "engine/error.h"
-#include "train/augment.h"
-#include "train/image_data.h"
+#include "trainer/augment.h"
+#include "trainer/image_data.h"
 
 namespace train {
 

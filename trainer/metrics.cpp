@@ -1,4 +1,4 @@
-#include "train/metrics.h"
+#include "trainer/metrics.h"
 
 #include <algorithm>
 

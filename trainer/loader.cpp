@@ -1,4 +1,4 @@
-#include "train/loader.h"
+#include "trainer/loader.h"
 
 #include <algorithm>
 

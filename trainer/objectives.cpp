@@ -1,4 +1,4 @@
-#include "train/objectives.h"
+#include "trainer/objectives.h"
 
 #include "autograd/ops.h"
 #include "engine/error.h"

@@ -1,4 +1,4 @@
-#include "train/image_data.h"
+#include "trainer/image_data.h"
 
 #include <zlib.h>
 

@@ -1,4 +1,4 @@
-#include "train/run_config.h"
+#include "trainer/run_config.h"
 
 #include "engine/error.h"
 #include "models/presets.h"
