@@ -131,6 +131,7 @@ Json default_run_config(const std::string& model) {
     // IMP on the embedded multimodal set: 28×28 images (patch 7), 4-frame videos, 64×32
     // spectrograms, byte captions. The mixture mirrors the reference's at small scale.
     cfg["model"]["vision"]["patch"] = 7;
+    cfg["model"]["vision"]["channels"] = 1;  // Fashion-MNIST items are grey
     cfg["model"]["vision"]["image_size"] = 28;
     cfg["model"]["vision"]["buckets"] = Json::array({4, 4, 4});
     cfg["model"]["audio"]["patch"] = 8;
