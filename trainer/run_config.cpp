@@ -161,7 +161,7 @@ Json default_run_config(const std::string& model) {
     cfg["run"]["steps"] = tiny ? 600 : 60;
     cfg["run"]["checkpoint_every"] = tiny ? 200 : 20;
     cfg["run"]["log_every"] = tiny ? 10 : 1;
-    cfg["run"]["eval_examples"] = tiny ? 1000 : 200;
+    cfg["run"]["eval_examples"] = tiny ? 1000 : 100;
     cfg["optimization"]["schedule"]["warmup_steps"] = tiny ? 50 : 10;
   }
   return cfg;
