@@ -13,7 +13,18 @@ std::array<DeviceHooks, 3>& hook_table() {
 }  // namespace
 
 void register_device_hooks(DeviceType type, const DeviceHooks& hooks) {
-  hook_table()[size_t(type)] = hooks;
+  DeviceHooks& h = hook_table()[size_t(type)];
+  auto set = [](auto& field, auto value) {
+    if (value) field = value;
+  };
+  set(h.allocate, hooks.allocate);
+  set(h.deallocate, hooks.deallocate);
+  set(h.copy_to_host, hooks.copy_to_host);
+  set(h.copy_from_host, hooks.copy_from_host);
+  set(h.copy_on_device, hooks.copy_on_device);
+  set(h.memset_zero, hooks.memset_zero);
+  set(h.copy_strided, hooks.copy_strided);
+  set(h.fill_strided, hooks.fill_strided);
 }
 
 const DeviceHooks& device_hooks(DeviceType type) {

@@ -97,6 +97,20 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(storage_->data()) + offset_ * int64_t(element_size());
 }
 
+// What a backend's copy / fill hook sees of a device tensor.
+static TensorView view_of(const Tensor& t) {
+  TensorView v;
+  v.data = t.storage()->data();
+  v.dtype = t.dtype();
+  v.dims = t.dim();
+  for (int d = 0; d < t.dim(); ++d) {
+    v.shape[d] = t.size(d);
+    v.strides[d] = t.stride(d);
+  }
+  v.offset = t.offset();
+  return v;
+}
+
 // Resolves a -1 in `shape_in` against numel; throws for malformed shapes.
 static Shape infer_shape(const Shape& shape_in, int64_t numel, const std::string& who) {
   Shape shape = shape_in;
@@ -323,10 +337,21 @@ void Tensor::copy_(const Tensor& src_in) {
   check_defined(src_in, "copy_", "source");
   Tensor src = src_in;
   if (!(src.device() == device())) src = src.to(device());
-  ENGINE_CHECK(device().is_cpu(), "copy_: strided copies on ", device(),
-               " are done by the device backend");
   if (!(src.shape() == shape_)) src = src.expand(shape_);
   if (numel() == 0) return;
+  if (!device().is_cpu()) {
+    const DeviceHooks& h = device_hooks(device().type);
+    if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous()) {
+      if (raw_data() != src.raw_data())
+        h.copy_on_device(raw_data(), src.raw_data(), nbytes(), device().index);
+      return;
+    }
+    ENGINE_CHECK(h.copy_strided != nullptr, "copy_: strided or converting copies on ", device(),
+                 " need the backend's copy_strided hook, which this build lacks (",
+                 src.describe(), " into ", describe(), ")");
+    h.copy_strided(view_of(*this), view_of(src), device().index);
+    return;
+  }
   if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous()) {
     std::memmove(raw_data(), src.raw_data(), nbytes());
     return;
@@ -351,13 +376,23 @@ void Tensor::fill_(double value) {
   check_defined(*this, "fill_", "tensor");
   if (numel() == 0) return;
   if (!device().is_cpu()) {
-    Tensor host = full(shape_, value, dtype_);
-    if (value == 0.0 && is_contiguous()) {
-      device_hooks(device().type).memset_zero(raw_data(), nbytes(), device().index);
+    const DeviceHooks& h = device_hooks(device().type);
+    if (value == 0.0 && !std::signbit(value) && is_contiguous()) {  // all-zero bytes in every dtype
+      h.memset_zero(raw_data(), nbytes(), device().index);
       return;
     }
-    ENGINE_CHECK(is_contiguous(), "fill_: non-contiguous device tensor");
-    device_hooks(device().type).copy_from_host(raw_data(), host.raw_data(), nbytes(), device().index);
+    // One element converted here exactly as the CPU path converts it, then broadcast.
+    Tensor one = full(Shape{}, value, dtype_);
+    if (h.fill_strided) {
+      uint64_t bits = 0;
+      std::memcpy(&bits, one.raw_data(), element_size());
+      h.fill_strided(view_of(*this), bits, device().index);
+      return;
+    }
+    ENGINE_CHECK(is_contiguous(), "fill_: filling the non-contiguous ", describe(),
+                 " needs the backend's fill_strided hook, which this build lacks");
+    Tensor host = one.expand(shape_).contiguous();
+    h.copy_from_host(raw_data(), host.raw_data(), nbytes(), device().index);
     return;
   }
   char* base = static_cast<char*>(raw_data());

@@ -242,6 +242,43 @@ Tensor tanh_backward(const Tensor& g, const Tensor& y);
 Tensor sum_to_shape(const Tensor& g, const Shape& shape);
 }  // namespace ref
 
+// The GPU kernels (kernels/cuda/elementwise.cu), same contract and dtypes as the cpu:: ops:
+// bit-identical results for the arithmetic ops (add, sub, mul, div, the scalar ops, neg, abs,
+// square, sqrt, rsqrt, relu, pow_scalar with p in {1, 2, 0.5, -0.5}, and the relu, sigmoid and
+// tanh backwards; a NaN's payload bits may differ on a GPU); exp, tanh, sigmoid and the GELUs use
+// the math:: formulas above in f32 (a few ulp from the CPU on a GPU, whose compiler fuses
+// multiply-adds); log, pow and every f64 function use the device's libm (a few ulp from glibc).
+// sum_to_shape accumulates in f64 like the CPU op and rounds once, deterministically: within an
+// ulp of the CPU op when the reduced axes are neighbours; with several groups of them the CPU op
+// rounds after each group, and the two differ by that rounding.
+namespace cuda {
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor add_scalar(const Tensor& x, double s);
+Tensor mul_scalar(const Tensor& x, double s);
+Tensor pow_scalar(const Tensor& x, double p);
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor gelu_tanh(const Tensor& x);
+Tensor gelu_erf(const Tensor& x);
+Tensor square(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor relu_backward(const Tensor& g, const Tensor& x);
+Tensor gelu_tanh_backward(const Tensor& g, const Tensor& x);
+Tensor gelu_erf_backward(const Tensor& g, const Tensor& x);
+Tensor sigmoid_backward(const Tensor& g, const Tensor& y);
+Tensor tanh_backward(const Tensor& g, const Tensor& y);
+Tensor sum_to_shape(const Tensor& g, const Shape& shape);
+}  // namespace cuda
+
 // --- entry points (route by the first tensor's device) ---------------------------------------
 inline Tensor add(const Tensor& a, const Tensor& b) { KERNEL_ROUTE(a.device(), add, a, b); }
 inline Tensor sub(const Tensor& a, const Tensor& b) { KERNEL_ROUTE(a.device(), sub, a, b); }

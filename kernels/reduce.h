@@ -43,6 +43,8 @@ Tensor argmax(const Tensor& x, int axis, bool keepdim = false);
 Tensor logsumexp(const Tensor& x, int axis, bool keepdim = false);
 Tensor sum_all(const Tensor& x);
 Tensor mean_all(const Tensor& x);
+// As the CPU op (f32, bf16 or f64 g; i64 indices; any strides), bit-identical: a scatter.
+Tensor max_backward(const Tensor& g, const Tensor& argmax, const Shape& in_shape, int axis);
 }  // namespace cuda
 
 inline Tensor sum(const Tensor& x, int axis, bool keepdim = false) {

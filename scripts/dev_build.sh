@@ -21,7 +21,7 @@ core=(engine/error.cpp engine/omp_env.cpp engine/safetensors.cpp engine/allocato
 # Any .cu file given pulls in the sim runtime and the CUDA backend's device code.
 for src in "$@"; do
   case $src in *.cu) core+=(kernels/sim/runtime.cpp kernels/sim/scheduler.cpp kernels/sim/warp.cpp
-                            kernels/cuda/device.cu); break ;; esac
+                            kernels/cuda/device.cu kernels/cuda/copy.cu); break ;; esac
 done
 objs=()
 for src in "${core[@]}" "$@"; do

@@ -17,6 +17,7 @@
 // chunks (f32 per chunk, f64 per thread and across the block) into part[b]; one block adds the
 // parts in a fixed tree order. One DRAM read of x (plus 8 B per block).
 #include <climits>
+#include <vector>
 
 #include "kernels/cuda/rows.cuh"
 #include "kernels/reduce.h"
@@ -194,6 +195,27 @@ __global__ void __launch_bounds__(kAllThreads)
   if (threadIdx.x == 0) store1(out, 0, float(acc / divisor));
 }
 
+// --- max_backward ------------------------------------------------------------------------------
+
+// out (zeroed, [outer, len, inner]) gets g[k] at the argmax position of slice k = r·inner + j: a
+// scatter of element bits (any float dtype). A bad index is not written; the first one seen is
+// reported through bad = {flag, index}.
+template <class Bits>
+__global__ void __launch_bounds__(256)
+    max_backward_kernel(const Bits* g, const int64_t* idx, Bits* out, int64_t n, int64_t inner,
+                        int64_t len, unsigned long long* bad) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += step) {
+    const int64_t r = k / inner, j = k - r * inner;
+    const int64_t ix = idx[k];
+    if (ix < 0 || ix >= len) {
+      if (atomicCAS(&bad[0], 0ull, 1ull) == 0ull) bad[1] = static_cast<unsigned long long>(ix);
+      continue;
+    }
+    out[(r * len + ix) * inner + j] = g[k];
+  }
+}
+
 // --- host side ---------------------------------------------------------------------------------
 
 struct Reduced {
@@ -307,6 +329,56 @@ Tensor argmax(const Tensor& x_in, int axis, bool keepdim) {
     CHECK_LAUNCH("argmax_rows_kernel");
   });
   return r.out;
+}
+
+// The CPU op's checks and result; the index check needs the device's verdict, so this op waits
+// for the GPU (it is not on a training step's hot path).
+Tensor max_backward(const Tensor& g_in, const Tensor& idx_in, const Shape& in_shape, int axis) {
+  const char* op = "max_backward";
+  engine::check_defined(g_in, op, "g");
+  engine::check_defined(idx_in, op, "argmax");
+  check_on_device(g_in, op, "g");
+  check_on_device(idx_in, op, "argmax");
+  ENGINE_CHECK(idx_in.dtype() == DType::i64, op, ": expected i64 indices, got ", idx_in.describe());
+  engine::check_same_shape(g_in, idx_in, op);
+  ENGINE_CHECK(engine::is_floating(g_in.dtype()), op, ": expected a floating-point gradient, got ",
+               g_in.describe());
+  const int nd = in_shape.size();
+  const int a = engine::normalize_axis(axis, std::max(nd, 1), op);
+  Shape kept = in_shape, dropped = in_shape;
+  if (nd > 0) {
+    kept[a] = 1;
+    dropped.erase(a);
+  }
+  ENGINE_CHECK(g_in.shape() == kept || g_in.shape() == dropped, op, ": gradient ",
+               g_in.describe(), " does not match the max over axis ", axis, " of shape ",
+               in_shape);
+  int64_t outer = 1, len = nd > 0 ? in_shape[a] : 1, inner = 1;
+  for (int d = 0; d < a && d < nd; ++d) outer *= in_shape[d];
+  for (int d = a + 1; d < nd; ++d) inner *= in_shape[d];
+  Tensor out = Tensor::zeros(in_shape, g_in.dtype(), g_in.device());
+  const int64_t n = outer * inner;
+  if (n == 0) return out;
+  const Tensor g = g_in.contiguous(), idx = idx_in.contiguous();
+  Tensor bad = Tensor::zeros({2}, DType::i64, g_in.device());
+  auto* badp = reinterpret_cast<unsigned long long*>(bad.data<int64_t>());
+  const unsigned blocks = unsigned(std::min<int64_t>((n + 255) / 256, 132 * 16));
+  auto launch = [&](auto bits) {
+    using B = decltype(bits);
+    LAUNCH((max_backward_kernel<B>), dim3(blocks), dim3(256), 0, rows::stream())(
+        static_cast<const B*>(g.raw_data()), idx.data<int64_t>(), static_cast<B*>(out.raw_data()), n,
+        inner, len, badp);
+    CHECK_LAUNCH("max_backward_kernel");
+  };
+  switch (g.element_size()) {
+    case 2: launch(uint16_t{}); break;
+    case 4: launch(uint32_t{}); break;
+    default: launch(uint64_t{}); break;
+  }
+  const std::vector<int64_t> verdict = bad.to_vector<int64_t>();
+  ENGINE_CHECK(verdict[0] == 0, op, ": index ", verdict[1], " out of range for axis ", axis,
+               " of size ", len);
+  return out;
 }
 
 Tensor sum_all(const Tensor& x) { return total(x, false, "sum_all"); }
