@@ -16,6 +16,12 @@ namespace ref {
 Tensor concat(const std::vector<Tensor>& tensors, int axis);  // f64 result
 }  // namespace ref
 
+// CUDA kernel (kernels/cuda/concat.cu): every tensor on kernels::cuda::device(), any dtype and
+// layout; the same result as cpu::concat, bit for bit.
+namespace cuda {
+Tensor concat(const std::vector<Tensor>& tensors, int axis);
+}  // namespace cuda
+
 inline Tensor concat(const std::vector<Tensor>& tensors, int axis) {
   ENGINE_CHECK(!tensors.empty(), "concat: no tensors given");
   KERNEL_ROUTE(tensors[0].device(), concat, tensors, axis);

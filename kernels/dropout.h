@@ -24,6 +24,13 @@ namespace ref {
 Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t stream);
 }  // namespace ref
 
+// CUDA kernels (kernels/cuda/dropout.cu), on kernels::cuda::device() tensors of any layout: the
+// same mask (the same Philox word per element) and the same values as the CPU ops, bit for bit.
+namespace cuda {
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t stream);
+Tensor dropout_backward(const Tensor& g, double p, uint64_t seed, uint64_t stream);
+}  // namespace cuda
+
 inline Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t stream) {
   KERNEL_ROUTE(x.device(), dropout, x, p, seed, stream);
 }

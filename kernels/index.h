@@ -58,14 +58,24 @@ Tensor gather(const Tensor& x, int axis, const Tensor& idx);
 Tensor scatter_add(const Shape& base_shape, int axis, const Tensor& idx, const Tensor& src);
 }  // namespace ref
 
-// CUDA kernels (kernels/cuda/index.cu), on kernels::cuda::device() tensors; any layout. Indices are
-// checked on the device and the status read back once per call (a synchronisation), with the
-// CPU op's error message. embedding_backward is deterministic and sums in the CPU op's order
-// (bit-identical results), f32/f64.
+// CUDA kernels (kernels/cuda/index.cu), on kernels::cuda::device() tensors (indices too); any
+// layout. Indices are checked on the device and the status read back once per call (a
+// synchronisation), with the CPU op's error message; the in-place ops write nothing when an index
+// is bad. Same dtypes as the CPU ops. The scatter-adds sum in the CPU op's order, so their
+// results are bit-identical to it (no float atomics): embedding_backward and index_add sort the
+// index positions by index (a stable radix sort) and give each destination row its run;
+// scatter_add gives each column of idx (its coordinates outside the axis) one thread that walks
+// the axis in order.
 namespace cuda {
 Tensor embedding(const Tensor& table, const Tensor& ids);
 Tensor embedding_backward(const Tensor& g, const Tensor& ids, int64_t num_rows,
                           int64_t padding_idx = -1);
+Tensor index_select(const Tensor& x, int axis, const Tensor& idx);
+void index_add_(Tensor& into, int axis, const Tensor& idx, const Tensor& src);
+Tensor index_add(const Shape& x_shape, int axis, const Tensor& idx, const Tensor& src);
+Tensor gather(const Tensor& x, int axis, const Tensor& idx);
+void scatter_add_(Tensor& into, int axis, const Tensor& idx, const Tensor& src);
+Tensor scatter_add(const Shape& base_shape, int axis, const Tensor& idx, const Tensor& src);
 }  // namespace cuda
 
 inline Tensor embedding(const Tensor& table, const Tensor& ids) {

@@ -26,6 +26,12 @@ namespace ref {
 TopK topk(const Tensor& x, int64_t k, int axis = -1, bool largest = true);  // full stable sort, f64
 }  // namespace ref
 
+// CUDA kernels (kernels/cuda/topk.cu): x on kernels::cuda::device(), any layout and dtype; the
+// same values and indices as the CPU op, bit for bit.
+namespace cuda {
+TopK topk(const Tensor& x, int64_t k, int axis = -1, bool largest = true);
+}  // namespace cuda
+
 inline TopK topk(const Tensor& x, int64_t k, int axis = -1, bool largest = true) {
   KERNEL_ROUTE(x.device(), topk, x, k, axis, largest);
 }
