@@ -21,7 +21,7 @@ else
   ARCH := -march=x86-64-v2
 endif
 
-CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
+CXXFLAGS := -std=c++20 $(OPT) $(ARCH) -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP -DENGINE_HAS_CUDA
 LDLIBS   := -fopenmp -lopenblas -lz -lpthread $(LDSAN)
 
 LIB_DIRS := engine kernels kernels/cpu kernels/ref kernels/sim autograd models trainer
@@ -37,6 +37,12 @@ TEST_CU  := $(wildcard tests/*.cu)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o) $(TEST_CU:%.cu=$(BUILD)/%.cu.o)
 TEST_BIN := $(BUILD)/run_tests
 
+# ./train (the SAN build keeps its sanitized one in build-san/).
+ifeq ($(SAN),1)
+  TRAIN_BIN ?= $(BUILD)/train
+else
+  TRAIN_BIN ?= train
+endif
 TRAIN_SRC := apps/train.cpp
 TRAIN_OBJ := $(TRAIN_SRC:%.cpp=$(BUILD)/%.o)
 
@@ -71,11 +77,6 @@ bench: $(BENCH_OBJ) $(LIB_OBJ)
 	$(CXX) $(BENCH_OBJ) $(LIB_OBJ) $(LDLIBS) -o $@
 
 # `make train` builds ./train.
-ifeq ($(SAN),1)
-  TRAIN_BIN ?= $(BUILD)/train
-else
-  TRAIN_BIN ?= train
-endif
 $(TRAIN_BIN): $(TRAIN_OBJ) $(LIB_OBJ)
 	$(CXX) $(TRAIN_OBJ) $(LIB_OBJ) $(LDLIBS) -lboost_program_options -o $@
 
@@ -98,7 +99,7 @@ test: setup $(TEST_BIN) $(TRAIN_BIN)
 NVCC       ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCH  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-NVCCFLAGS  := -std=c++20 -O3 $(CUDA_ARCH) -Xptxas -v -I. -DENGINE_NVTX -Xcompiler -fopenmp,-fno-math-errno
+NVCCFLAGS  := -std=c++20 -O3 $(CUDA_ARCH) -Xptxas -v -I. -DENGINE_NVTX -DENGINE_HAS_CUDA -Xcompiler -fopenmp,-fno-math-errno
 CUDA_BUILD := build-cuda
 CUDA_OBJ   := $(CU_SRC:%.cu=$(CUDA_BUILD)/%.o)
 HOST_OBJ   := $(filter-out $(BUILD)/kernels/sim/% %.cu.o,$(LIB_OBJ))

@@ -18,6 +18,9 @@ using engine::Tensor;
 [[noreturn]] void no_backend(const Device& device, const char* op);
 }  // namespace kernels
 
+// ENGINE_HAS_CUDA is defined by builds that link the CUDA backend: the Makefile's g++ builds (its
+// kernels/cuda/*.cu objects are compiled against the sim) and `make cuda` (nvcc). Without it (a
+// dev build of a few files) a non-CPU tensor reaches no_backend(), a clear error.
 #if defined(ENGINE_HAS_CUDA)
 #define KERNEL_ROUTE(dev, NAME, ...)                                 \
   do {                                                               \

@@ -14,15 +14,17 @@ san=""
 [ "${SAN:-0}" = 1 ] && san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -g"
 # Objects are shared by every dev build of this checkout with the same flags (written to a
 # temporary name and renamed, so concurrent builds never see a half-written object).
-objdir=/tmp/dev-obj/$(echo "$PWD $opt $san" | md5sum | cut -c1-12)
 core=(engine/error.cpp engine/omp_env.cpp engine/safetensors.cpp engine/allocator.cpp engine/storage.cpp engine/tensor.cpp
       kernels/backend.cpp kernels/cpu/accumulate.cpp autograd/var.cpp autograd/gradcheck.cpp
       tests/main.cpp)
-# Any .cu file given pulls in the sim runtime and the CUDA backend's device code.
+# Any .cu file given pulls in the sim runtime and the CUDA backend's device code, and routes
+# non-CPU tensors to kernels::cuda (ENGINE_HAS_CUDA; list every .cu the ops you call need).
+has_cu=0
 for src in "$@"; do
   case $src in *.cu) core+=(kernels/sim/runtime.cpp kernels/sim/scheduler.cpp kernels/sim/warp.cpp
-                            kernels/cuda/device.cu kernels/cuda/copy.cu); break ;; esac
+                            kernels/cuda/device.cu kernels/cuda/copy.cu); has_cu=1; break ;; esac
 done
+objdir=/tmp/dev-obj/$(echo "$PWD $opt $san $has_cu" | md5sum | cut -c1-12)
 objs=()
 for src in "${core[@]}" "$@"; do
   obj="$objdir/${src%.*}.${src##*.}.o"
@@ -37,6 +39,7 @@ for src in "${core[@]}" "$@"; do
   if [ $stale = 1 ]; then
     lang=()
     [ "${src##*.}" = cu ] && lang=(-DENGINE_SIM -x c++)
+    [ $has_cu = 1 ] && lang+=(-DENGINE_HAS_CUDA)
     g++ -std=c++20 $opt -march=native -fno-math-errno -fno-trapping-math -fopenmp -Wall -Wextra -Wno-unused-parameter -I. $san "${lang[@]}" -MMD -MF "$obj.d.$$" -c "$src" -o "$obj.$$"
     mv "$obj.d.$$" "$obj.d"; mv "$obj.$$" "$obj"
   fi
