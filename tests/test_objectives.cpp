@@ -10,6 +10,8 @@
 #include "trainer/metrics.h"
 #include "trainer/objectives.h"
 
+using engine::DType;
+using engine::Tensor;
 using testing::randn;
 
 namespace {
