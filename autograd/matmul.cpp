@@ -55,7 +55,7 @@ Var bmm(const Var& a, const Var& b, bool ta, bool tb) {
         grads.set(0, ta ? kernels::bmm(B, g, tb, true) : kernels::bmm(g, B, false, !tb));
       } else {
         // A broadcast over the batch: accumulate every batch element's product into one matrix.
-        Tensor dA = Tensor::zeros(A.shape(), A.dtype());
+        Tensor dA = Tensor::zeros(A.shape(), A.dtype(), A.device());
         Tensor d2 = dA.select(0, 0);
         for (int64_t p = 0; p < batch; ++p) {
           const Tensor gp = g.select(0, p), bp = B.select(0, B.size(0) == 1 ? 0 : p);
@@ -93,7 +93,7 @@ Var linear(const Var& x, const Var& w, const Var& b) {
                  " does not match weight ", W.describe());
     Shape s = X.shape();
     s[s.size() - 1] = W.size(0);
-    y = Tensor::empty(s, X.dtype());
+    y = Tensor::empty(s, X.dtype(), X.device());
     y.copy_(b.data().expand(s));
     kernels::matmul_out(y, X, W, false, true, 1.0, 1.0);
   } else {
@@ -106,7 +106,7 @@ Var linear(const Var& x, const Var& w, const Var& b) {
       if (grads.need(1)) grads.set(1, kernels::matmul(G2, flatten_rows(X), true, false));
       if (grads.need(2)) {
         // Column sums of G2 as a GEMV with a row of ones.
-        const Tensor ones = Tensor::ones({1, G2.size(0)}, G2.dtype());
+        const Tensor ones = Tensor::ones({1, G2.size(0)}, G2.dtype(), G2.device());
         grads.set(2, kernels::matmul(ones, G2).view({G2.size(1)}));
       }
     }

@@ -20,7 +20,7 @@ namespace {
 Json tiny_vit(const char* preset) {
   Json c = preset_config(preset);
   merge_strict(c, Json{{"image_size", 8}, {"patch", 4}, {"channels", 1}, {"classes", 3},
-                       {"dim", 16}, {"depth", 2}, {"heads", 2}, {"mlp_hidden", 24}},
+                       {"dim", 64}, {"depth", 2}, {"heads", 2}, {"mlp_hidden", 24}},
                "model");
   if (c["moe"]["type"] != "none") c["moe"]["layers"] = Json::array({1});
   if (c["moe"]["type"] == "soft") {
@@ -80,7 +80,7 @@ TEST_CASE("models/sim parity: ViT family (dense, switch, expert choice, SpheroMo
 
 TEST_CASE("models/sim parity: IMP-MoE (vision, text, audio stems, expert choice) cpu == sim") {
   Json cfg = preset_config("imp_moe_tiny");
-  merge_strict(cfg, Json{{"dim", 16}, {"depth", 2}, {"heads", 2}, {"mlp_hidden", 24},
+  merge_strict(cfg, Json{{"dim", 64}, {"depth", 2}, {"heads", 2}, {"mlp_hidden", 24},
                          {"moe", {{"layers", Json::array({1})}}},
                          {"vision", {{"patch", 4}, {"channels", 1}, {"buckets", {2, 2, 2}}}},
                          {"audio", {{"patch", 4}, {"buckets", {2, 2}}}},
