@@ -92,9 +92,9 @@ TEST_CASE("train/learn: tiny IMP-MoE AGD lowers every task's loss; zero-shot wel
   Result r = run_train(
       "--model imp_moe_tiny --steps 300 --out " + out +
       " --config_overrides '{\"model\":{\"dim\":64,\"mlp_hidden\":128,\"heads\":2,\"depth\":2,"
-      "\"moe\":{\"layers\":[1]},\"cross_head\":{\"hidden\":64,\"out\":64},\"temperature_init\":0.1},"
+      "\"moe\":{\"layers\":[1]},\"cross_head\":{\"hidden\":64,\"out\":64},\"temperature_init\":0.07},"
       "\"run\":{\"eval_examples\":300,\"log_every\":100},"
-      "\"optimization\":{\"optimizer\":{\"learning_rate\":0.003}}}'");
+      "\"optimization\":{\"optimizer\":{\"learning_rate\":0.002}}}'");
   REQUIRE_MESSAGE(r.code == 0, r.out);
   // Per task: mean loss of its first fifth of steps vs its last fifth.
   std::map<std::string, std::vector<double>> by_task;
@@ -109,7 +109,7 @@ TEST_CASE("train/learn: tiny IMP-MoE AGD lowers every task's loss; zero-shot wel
   }
   const double zs = eval_value(out, "zero-shot image (prompts)", "top1");
   MESSAGE("zero-shot image top-1: ", zs, " (chance 0.10)");
-  CHECK(zs >= 0.17);  // chance is 0.10 ± 0.017 on 300 examples
+  CHECK(zs >= 0.20);  // chance is 0.10 ± 0.017 on 300 examples
   CHECK(eval_value(out, "image classification", "top1") >= 0.3);
   fs::remove_all(out);
 }

@@ -301,6 +301,7 @@ int run(const Json& config, const RunOptions& opt) {
       line["moe"] = moe;
     }
     metrics << line.dump() << "\n";
+    if ((step + 1) % log_every == 0) metrics.flush();  // readable while the run goes on
     if (tty || (step + 1) % log_every == 0 || step + 1 == steps || step == first) {
       char msg[512];
       std::snprintf(msg, sizeof msg,
