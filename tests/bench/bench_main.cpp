@@ -26,6 +26,7 @@ using engine::Tensor;
 namespace bench {
 void bench_kernels();  // tests/bench/bench_kernels.cpp
 void bench_moe();      // tests/bench/bench_moe.cpp
+void bench_presets();  // tests/bench/bench_presets.cpp
 }
 
 namespace {
@@ -97,7 +98,7 @@ int main(int argc, char** argv) {
   engine::ensure_passive_omp_wait(argc, argv);  // see engine/omp_env.h
   std::string what = argc > 1 ? argv[1] : "all";
   if (what == "--help" || what == "-h") {
-    std::printf("usage: ./bench [all|gemm|memory|moe|kernels]\n");
+    std::printf("usage: ./bench [all|gemm|memory|moe|presets|kernels]\n");
     return 0;
   }
   std::printf("moe-engine bench: %d OpenMP threads, %d OpenBLAS threads\n", omp_get_max_threads(),
@@ -106,9 +107,11 @@ int main(int argc, char** argv) {
   if (all || what == "gemm") bench_gemm();
   if (all || what == "memory") bench_memory();
   if (all || what == "moe") bench::bench_moe();
+  if (what == "presets") bench::bench_presets();  // minutes and ~20 GB: only when asked
   if (all || what == "kernels") bench::bench_kernels();
-  if (!all && what != "gemm" && what != "memory" && what != "moe" && what != "kernels") {
-    std::fprintf(stderr, "bench: unknown section '%s' (valid: all, gemm, memory, moe, kernels)\n",
+  if (!all && what != "gemm" && what != "memory" && what != "moe" && what != "presets" &&
+      what != "kernels") {
+    std::fprintf(stderr, "bench: unknown section '%s' (valid: all, gemm, memory, moe, presets, kernels)\n",
                  what.c_str());
     return 2;
   }
