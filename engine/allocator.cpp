@@ -67,10 +67,19 @@ void CpuAllocator::deallocate(void* p, size_t bytes) {
   if (!p) return;
   size_t cls = size_class(bytes);
   State& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
-  s.st.bytes_in_use -= cls;
-  s.st.bytes_cached += cls;
-  s.free_lists[cls].push_back(p);
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.st.bytes_in_use -= cls;
+    // The cache is bounded: a training step reuses its blocks well within the bound, while the
+    // one-off temporaries of a billion-parameter model (gradients of each expert stack, init
+    // buffers) would otherwise pile up in size classes that are never asked for again.
+    if (s.st.bytes_cached + cls <= kMaxCachedBytes) {
+      s.st.bytes_cached += cls;
+      s.free_lists[cls].push_back(p);
+      return;
+    }
+  }
+  std::free(p);
 }
 
 AllocatorStats CpuAllocator::stats() {

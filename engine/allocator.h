@@ -17,6 +17,8 @@ struct AllocatorStats {
 class CpuAllocator {
  public:
   static constexpr size_t kAlignment = 64;
+  // Freed blocks beyond this many cached bytes go back to the system.
+  static constexpr size_t kMaxCachedBytes = size_t(4) << 30;
 
   // Returns a block of at least `bytes` (rounded up to its size class). bytes == 0 gives a
   // valid, unique, non-null pointer.
