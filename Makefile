@@ -103,7 +103,7 @@ NVCCFLAGS  := -std=c++20 -O3 $(CUDA_ARCH) -Xptxas -v -I. -DENGINE_NVTX -DENGINE_
 CUDA_BUILD := build-cuda
 CUDA_OBJ   := $(CU_SRC:%.cu=$(CUDA_BUILD)/%.o)
 HOST_OBJ   := $(filter-out $(BUILD)/kernels/sim/% %.cu.o,$(LIB_OBJ))
-CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcublas -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 
 check-nvcc:
 	@test -n "$(NVCC)" || { echo "make cuda: nvcc not found (install the CUDA toolkit or put nvcc on PATH); the CPU build does not need it" >&2; exit 1; }
@@ -113,10 +113,14 @@ $(CUDA_BUILD)/%.o: %.cu | check-nvcc
 	$(NVCC) $(NVCCFLAGS) -x cu -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas >&2; exit 1; }
 	@grep -v -E 'ptxas info|^$$' $@.ptxas >&2 || true
 
-cuda: check-nvcc $(CUDA_BUILD)/bench
+cuda: check-nvcc $(CUDA_BUILD)/bench $(CUDA_BUILD)/train
 
 $(CUDA_BUILD)/bench: $(BENCH_OBJ) $(HOST_OBJ) $(CUDA_OBJ)
 	$(CXX) $^ $(LDLIBS) $(CUDA_LIBS) -o $@
+
+# ./train on the GPU backend (--device cuda): the CPU ./train's objects with the nvcc kernels.
+$(CUDA_BUILD)/train: $(TRAIN_OBJ) $(HOST_OBJ) $(CUDA_OBJ)
+	$(CXX) $^ $(LDLIBS) $(CUDA_LIBS) -lboost_program_options -o $@
 
 ptxas-report: $(CUDA_OBJ)
 	@python3 scripts/ptxas_report.py $(CUDA_OBJ:.o=.o.ptxas)

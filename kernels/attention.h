@@ -66,11 +66,16 @@ AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor
 AttentionGrads attention_backward(const Tensor& g_out, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const AttentionOptions& opts,
                                   const AttentionResult& fwd);
-// Unfused baseline for benchmarks (kernels/cuda/sdpa_cudnn.cu, nvcc build only; the sim build has
-// no definition): two cuBLAS strided-batched GEMMs around a softmax kernel, contiguous
-// [B, H, N, Dh] f32/bf16, optional key mask and causal, no QK-LN. Returns out and lse.
-AttentionResult sdpa_baseline(const Tensor& q, const Tensor& k, const Tensor& v,
-                              const AttentionOptions& opts);
+// Baselines for ./bench, nvcc build only (the sim build has no definition): contiguous
+// [B, H, N, Dh] tensors, no QK-LN; both return out and lse ([B, H, Nq] f32).
+// sdpa_cublas (kernels/cuda/sdpa_cublas.cu): unfused, two cuBLAS strided-batched GEMMs around a
+//   softmax kernel; f32/bf16, optional key mask and causal.
+// sdpa_cudnn (kernels/cuda/sdpa_cudnn.cu): cuDNN's fused flash attention (backend graph API);
+//   bf16 only, optional causal, no key mask. Unsupported cases throw a one-line engine::Error.
+AttentionResult sdpa_cublas(const Tensor& q, const Tensor& k, const Tensor& v,
+                            const AttentionOptions& opts);
+AttentionResult sdpa_cudnn(const Tensor& q, const Tensor& k, const Tensor& v,
+                           const AttentionOptions& opts);
 }  // namespace cuda
 
 inline AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,

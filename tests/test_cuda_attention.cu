@@ -1,7 +1,7 @@
 // The handwritten CUDA attention kernels (kernels/cuda/attention.cu), executed by the sim, against
 // the CPU op (kernels::cpu), the f64 references, and a naive implementation in the same precision
 // (the DESIGN rule: the kernel's max error vs f64 is at most 2× the naive one's). These tests
-// verify our kernels, not NVIDIA's libraries (the cuBLAS baseline in sdpa_cudnn.cu is nvcc-only).
+// verify our kernels, not NVIDIA's libraries (the baselines in sdpa_cudnn.cu and sdpa_cublas.cu are nvcc-only).
 // Built only in the sim build: g++ -x c++ -DENGINE_SIM.
 #include <doctest/doctest.h>
 
