@@ -49,6 +49,7 @@ void* CpuAllocator::allocate(size_t bytes) {
       return p;
     }
     s.st.system_allocs++;
+    s.st.system_bytes += cls;
   }
   void* p = std::aligned_alloc(kAlignment, cls);
   if (!p) {

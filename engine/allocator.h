@@ -11,6 +11,7 @@ struct AllocatorStats {
   size_t peak_bytes = 0;      // maximum of bytes_in_use since the last reset_peak()
   size_t bytes_cached = 0;    // freed blocks kept for reuse
   uint64_t system_allocs = 0; // calls that reached the system allocator
+  uint64_t system_bytes = 0;  // bytes those calls asked for (size classes), in total
   uint64_t allocs = 0;        // all allocation requests
 };
 

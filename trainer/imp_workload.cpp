@@ -52,9 +52,12 @@ class IMPWorkload : public Workload {
     mc.cache_dir = data.at("cache_dir").get<std::string>() + "/multimodal";
     mc.fashion_dir = data.at("fashion_mnist_dir");
     mc.max_text_len = cfg.at("model").at("text").at("max_len");
+    mc.pixel_mean = float(data.at("pixel_mean").get<double>());
+    mc.pixel_std = float(data.at("pixel_std").get<double>());
     data_ = std::make_unique<MultimodalData>(mc);
     seed_ = cfg.at("run").at("seed");
     depth_ = int(cfg.at("run").at("prefetch").get<int64_t>());
+    dev_ = run_device(cfg.at("run").at("device"));
     smoothing_ = cfg.at("optimization").at("label_smoothing");
     for (const auto& t : cfg.at("tasks")) tasks_.push_back(normalize_task(t, "imp"));
     ENGINE_CHECK(!tasks_.empty(), "config: tasks is empty");
@@ -109,8 +112,10 @@ class IMPWorkload : public Workload {
     return b;
   }
 
-  const Tensor& input_of(const MMBatch& b, Modality m) const {
-    return m == Modality::vision ? b.vision : m == Modality::audio ? b.audio : b.text;
+  // The batch's input of modality m on run.device (undefined when the batch has none).
+  Tensor input_of(const MMBatch& b, Modality m) const {
+    return on_device(m == Modality::vision ? b.vision : m == Modality::audio ? b.audio : b.text,
+                     dev_);
   }
 
   autograd::Var loss(int t, int64_t use, models::Context& ctx, int64_t& examples) override {
@@ -123,7 +128,8 @@ class IMPWorkload : public Workload {
     if (tk.at("kind") == "classify") {
       const Modality m = tk.at("data") == "audio" ? Modality::audio : Modality::vision;
       auto enc = imp_.encode(m, autograd::Var(input_of(b, m)), ctx, m == Modality::vision ? drop : 0);
-      return autograd::cross_entropy(imp_.classify(tk.at("head"), enc.pooled), b.labels, smoothing_);
+      return autograd::cross_entropy(imp_.classify(tk.at("head"), enc.pooled),
+                                     on_device(b.labels, dev_), smoothing_);
     }
     std::map<Modality, autograd::Var> pooled;
     autograd::Var total;
@@ -131,7 +137,7 @@ class IMPWorkload : public Workload {
       const Modality a = models::modality_from_name(pr[0]), c = models::modality_from_name(pr[1]);
       for (Modality m : {a, c}) {
         if (pooled.count(m)) continue;
-        const Tensor& in = input_of(b, m);
+        const Tensor in = input_of(b, m);
         ENGINE_CHECK(in.defined(), "config: task ", tk.at("name").get<std::string>(),
                      ": its data has no ", models::modality_name(m), " input");
         pooled[m] = imp_.encode(m, autograd::Var(in), ctx, m == Modality::vision ? drop : 0).pooled;
@@ -168,7 +174,8 @@ class IMPWorkload : public Workload {
       MMBatch b = make(s, tk, idx);
       models::Context ctx;
       auto enc = imp_.encode(m, autograd::Var(input_of(b, m)), ctx);
-      out.push_back(to == m ? enc.pooled.data() : imp_.project(m, to, enc.pooled).data());
+      out.push_back(on_device(to == m ? enc.pooled.data() : imp_.project(m, to, enc.pooled).data(),
+                              engine::Device::cpu()));
       lab.push_back(b.labels);
     }
     if (labels) {
@@ -223,7 +230,10 @@ class IMPWorkload : public Workload {
       const int64_t C = data_->num_classes(), K = ptxt.size(0) / C;
       models::Context ctx;
       Tensor te = imp_.project(Modality::text, m,
-                               imp_.encode(Modality::text, autograd::Var(ptxt), ctx).pooled).data();
+                               imp_.encode(Modality::text, autograd::Var(on_device(ptxt, dev_)), ctx)
+                                   .pooled)
+                      .data();
+      te = on_device(te, engine::Device::cpu());
       te = kernels::l2_normalize(te.contiguous(), 1e-6, -1).y;
       Tensor cls = Tensor::zeros({C, te.size(1)});
       for (int64_t c = 0; c < C; ++c)
@@ -276,6 +286,7 @@ class IMPWorkload : public Workload {
   std::unique_ptr<MultimodalData> data_;
   uint64_t seed_ = 0;
   int depth_ = 2;
+  engine::Device dev_ = engine::Device::cpu();
   double smoothing_ = 0;
   std::vector<std::unique_ptr<EpochSampler>> samplers_;
   std::vector<std::unique_ptr<Prefetcher<MMBatch>>> streams_;

@@ -15,8 +15,10 @@ Var contrastive_nce(const Var& a, const Var& b, const Var& tau) {
   Var an = autograd::l2_normalize(a, 1e-6), bn = autograd::l2_normalize(b, 1e-6);
   Var s = autograd::div(autograd::matmul(an, bn, false, true), autograd::reshape(tau, {1, 1}));
   engine::Tensor diag = engine::Tensor::arange(B);
+  if (!(diag.device() == s.data().device())) diag = diag.to(s.data().device());
   Var l_ab = autograd::cross_entropy(s, diag);
-  Var l_ba = autograd::cross_entropy(autograd::transpose(s, 0, 1), diag);
+  // Contiguous rows: what the CUDA cross-entropy kernel reads (a copy of B² elements).
+  Var l_ba = autograd::cross_entropy(autograd::contiguous(autograd::transpose(s, 0, 1)), diag);
   return autograd::mul_scalar(autograd::add(l_ab, l_ba), 0.5);
 }
 

@@ -14,6 +14,7 @@
 #pragma once
 #include <string>
 
+#include "engine/device.h"
 #include "models/config.h"
 
 namespace train {
@@ -21,6 +22,11 @@ using models::Json;
 
 // The default run configuration for a model preset.
 Json default_run_config(const std::string& model);
+
+// The device of run.device: "cpu", or "cuda" = the CUDA backend this binary links (a GPU in the
+// `make cuda` build; the sim, CUDA kernels emulated on the CPU, in the default build). A one-line
+// error when no device is present.
+engine::Device run_device(const std::string& name);
 
 // A task entry with every key present (defaults filled in), validated.
 Json normalize_task(const Json& task, const std::string& family);

@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include "autograd/ops.h"
+#include "engine/allocator.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
 #include "models/params.h"
@@ -140,15 +141,13 @@ int run(const Json& config, const RunOptions& opt) {
   models::require(steps >= 0, rc, "run", "steps", "must be >= 0");
   models::require(threads >= 1, rc, "run", "threads", "must be >= 1");
   models::require(device == "cpu" || device == "cuda", rc, "run", "device", "must be cpu or cuda");
-  ENGINE_CHECK(device == "cpu",
-               "--device cuda: training on the GPU needs the CUDA build (make cuda) with every op "
-               "routed to the device, which is not wired up yet; use --device cpu");
+  const engine::Device dev = run_device(device);
   omp_set_num_threads(int(threads));
   openblas_set_num_threads(int(threads));
   fs::create_directories(out);
 
   auto model = models::build_model(config.at("model"));
-  models::ParamSet ps(*model, seed);
+  models::ParamSet ps(*model, seed, engine::DType::f32, dev);
   if (!opt.init_from.empty()) {
     auto file = engine::load_safetensors(opt.init_from);
     ps.load(file.tensors, false);
@@ -227,9 +226,14 @@ int run(const Json& config, const RunOptions& opt) {
 
   std::fprintf(stderr, "model %s: %s parameters; data: %s\n", model->type().c_str(),
                std::to_string(ps.num_parameters()).c_str(), workload->describe().c_str());
-  std::fprintf(stderr, "training %lld steps (%s AGD over %d task%s) on %lld CPU threads; run folder %s%s\n",
+  const std::string where =
+      dev.is_cpu() ? std::to_string(threads) + " CPU threads"
+      : dev.type == engine::DeviceType::sim
+          ? "the sim (CUDA kernels emulated on the CPU: verification speed, not training speed)"
+          : "device " + dev.str();
+  std::fprintf(stderr, "training %lld steps (%s AGD over %d task%s) on %s; run folder %s%s\n",
                (long long)steps, agd ? agd_mode_name(sampler.mode()) : "off:", workload->num_tasks(),
-               workload->num_tasks() == 1 ? "" : "s", (long long)threads, out.c_str(),
+               workload->num_tasks() == 1 ? "" : "s", where.c_str(), out.c_str(),
                resumed_from.empty() ? "" : (", resumed from " + resumed_from).c_str());
 
   const int64_t log_every = std::max<int64_t>(1, rc.at("log_every").get<int64_t>());
@@ -249,6 +253,11 @@ int run(const Json& config, const RunOptions& opt) {
   };
 
   for (int64_t step = state.step; step < steps; ++step) {
+    // Host memory of the step, recorded in metrics.jsonl: once every task (shape) has run, its
+    // buffers come from the allocator's cache; what still reaches the system is a few small
+    // blocks when the loader threads happen to hold more batches in flight than before.
+    const engine::AllocatorStats mem0 = engine::CpuAllocator::stats();
+    engine::CpuAllocator::reset_peak();
     models::Context ctx(true, seed, uint64_t(step));
     ps.zero_grad();
     autograd::Var loss;
@@ -291,6 +300,11 @@ int run(const Json& config, const RunOptions& opt) {
     Json line = {{"step", step},          {"task", task_name}, {"loss", task_loss},
                  {"aux_loss", aux_value}, {"lr", lr},          {"grad_norm", gnorm},
                  {"examples", examples},  {"samples_per_s", rate}, {"time_s", elapsed}};
+    const engine::AllocatorStats mem1 = engine::CpuAllocator::stats();
+    line["host_memory"] = {{"system_allocs", mem1.system_allocs - mem0.system_allocs},
+                           {"system_bytes", mem1.system_bytes - mem0.system_bytes},
+                           {"peak_mb", double(mem1.peak_bytes) / (1 << 20)},
+                           {"cached_mb", double(mem1.bytes_cached) / (1 << 20)}};
     if (!ctx.moe_stats.empty()) {
       Json moe = Json::object();
       for (const auto& [name, st] : ctx.moe_stats) {

@@ -120,6 +120,7 @@ class ViTWorkload : public Workload {
     aug_.std = eval_augment(ch).std;
     seed_ = cfg.at("run").at("seed");
     depth_ = int(cfg.at("run").at("prefetch").get<int64_t>());
+    dev_ = run_device(cfg.at("run").at("device"));
     sampler_ = std::make_unique<EpochSampler>(train_.n, tasks_[0].at("batch").get<int64_t>(),
                                               seed_);
     seek(0, 0);
@@ -129,10 +130,10 @@ class ViTWorkload : public Workload {
     ENGINE_CHECK(prefetch_->position() == use, "ViTWorkload: batch stream out of order");
     ImageBatch b = prefetch_->next();
     examples = b.images.size(0);
-    autograd::Var logits = vit_.forward(autograd::Var(b.images), ctx);
+    autograd::Var logits = vit_.forward(autograd::Var(on_device(b.images, dev_)), ctx);
     if (b.mix != MixKind::none || aug_.label_smoothing > 0)
-      return autograd::cross_entropy_soft(logits, b.targets);
-    return autograd::cross_entropy(logits, b.labels);
+      return autograd::cross_entropy_soft(logits, on_device(b.targets, dev_));
+    return autograd::cross_entropy(logits, on_device(b.labels, dev_));
   }
 
   void seek(int, int64_t use) override {
@@ -157,7 +158,7 @@ class ViTWorkload : public Workload {
       for (int64_t j = i; j < std::min(n, i + batch); ++j) idx.push_back(j);
       ImageBatch b = make_batch(test_, idx, plain, seed_, 0);
       models::Context ctx;
-      engine::Tensor logits = vit_.forward(autograd::Var(b.images), ctx).data();
+      engine::Tensor logits = vit_.forward(autograd::Var(on_device(b.images, dev_)), ctx).data();
       top1 += topk_correct(logits, b.labels, 1);
       top5 += topk_correct(logits, b.labels, std::min<int64_t>(5, logits.size(1)));
     }
@@ -178,6 +179,7 @@ class ViTWorkload : public Workload {
   AugmentConfig aug_;
   uint64_t seed_ = 0;
   int depth_ = 2;
+  engine::Device dev_ = engine::Device::cpu();
   std::unique_ptr<EpochSampler> sampler_;
   std::unique_ptr<Prefetcher<ImageBatch>> prefetch_;
 };

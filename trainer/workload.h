@@ -40,6 +40,12 @@ class Workload {
   std::vector<Json> tasks_;  // normalised task entries
 };
 
+// t on device d (t itself when it is undefined or already there): batches are assembled on the
+// host and moved to run.device for the step.
+inline engine::Tensor on_device(const engine::Tensor& t, engine::Device d) {
+  return !t.defined() || t.device() == d ? t : t.to(d);
+}
+
 // Builds the workload for a resolved run configuration and its model.
 std::unique_ptr<Workload> make_workload(const Json& config, models::Model& model);
 
