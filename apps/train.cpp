@@ -24,7 +24,7 @@ using models::Json;
 namespace {
 
 const char* kExamples = R"(Examples:
-  ./train --model imp_moe_base                 IMP-MoE-B, AGD over the multimodal tasks (~9 min on 2 cores)
+  ./train --model imp_moe_base                 IMP-MoE-B, AGD over the multimodal tasks (~25 min on 2 cores)
   ./train --model imp_moe_tiny                 the same mixture at tiny scale (~8-10 min)
   ./train --model vit_tiny                     a tiny ViT on Fashion-MNIST (~1 min, >80% test accuracy)
   ./train --model switch_vit --experts 32 --data-dir ~/cifar10     switch-ViT (reference: --experts 32)
