@@ -24,12 +24,14 @@ State& state() {
 
 }  // namespace
 
-// Size classes: multiples of 64 bytes up to 4 KiB, then four classes per power of two (at most
-// 25% waste), so repeated requests of nearby sizes share blocks.
+// Size classes: multiples of 64 bytes up to 4 KiB, then four classes per power of two up to
+// 1 MiB (at most 25% waste), so repeated requests of nearby sizes share blocks; above 1 MiB
+// (activations, gradients) sixteen (at most 6.25% waste: with four, the peak of a switch-ViT step
+// was 5% above PyTorch's, measured).
 size_t CpuAllocator::size_class(size_t bytes) {
   if (bytes <= 4096) return std::max<size_t>(64, (bytes + 63) & ~size_t(63));
   size_t p = size_t(1) << (63 - __builtin_clzll(bytes - 1));  // largest power of two < bytes
-  size_t step = p / 4;
+  size_t step = p >= (size_t(1) << 20) ? p / 16 : p / 4;
   return (bytes + step - 1) / step * step;
 }
 

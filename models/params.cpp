@@ -22,14 +22,11 @@ ParamSet::ParamSet(Module& root, uint64_t seed, DType dtype, engine::Device devi
     total += round_up16(p.shape.numel());
   }
   Tensor host = Tensor::zeros({total}, dtype);
-  Tensor mask = Tensor::zeros({total}, dtype);
   for (const auto& e : entries_) {
     Tensor view = host.narrow(0, e.offset, e.shape.numel()).reshape(e.shape);
     initialize(view, params[index_[e.name]].init, seed, e.name);
-    if (e.decay) mask.narrow(0, e.offset, e.shape.numel()).fill_(1.0);
   }
   data = device.is_cpu() ? host : host.to(device);
-  decay_mask = device.is_cpu() ? mask : mask.to(device);
   grad = Tensor::zeros({total}, dtype, device);
   for (auto& e : entries_) {
     auto& impl = *e.var.impl();
@@ -37,6 +34,13 @@ ParamSet::ParamSet(Module& root, uint64_t seed, DType dtype, engine::Device devi
     impl.grad = grad.narrow(0, e.offset, e.shape.numel()).reshape(e.shape);
     impl.requires_grad = true;
   }
+}
+
+Tensor ParamSet::decay_mask() const {
+  Tensor mask = Tensor::zeros({data.defined() ? data.numel() : 0}, data.defined() ? data.dtype() : DType::f32);
+  for (const auto& e : entries_)
+    if (e.decay) mask.narrow(0, e.offset, e.shape.numel()).fill_(1.0);
+  return data.defined() && !data.device().is_cpu() ? mask.to(data.device()) : mask;
 }
 
 int64_t ParamSet::num_parameters() const {

@@ -30,7 +30,9 @@ class ParamSet {
 
   Tensor data;        // 1-D
   Tensor grad;        // 1-D, zero-initialised; backward accumulates into it
-  Tensor decay_mask;  // 1-D, data's dtype: 1 where weight decay applies, 0 elsewhere
+  // 1-D, data's dtype and device: 1 where weight decay applies, 0 elsewhere. Built on demand (the
+  // optimizer works from the entries' decay flags instead of a model-sized mask).
+  Tensor decay_mask() const;
 
   const std::vector<Entry>& entries() const { return entries_; }
   int64_t num_parameters() const;  // sum of the parameters' sizes (without alignment padding)

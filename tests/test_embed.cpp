@@ -614,7 +614,7 @@ TEST_CASE("heads/temperature: tau = relu(param) + 1e-6, no weight decay; gradien
   CHECK(dense.tau().item() == doctest::Approx(0.2 + 1e-6).epsilon(1e-15));
   CHECK(moe.tau().item() == doctest::Approx(1.0 + 1e-6).epsilon(1e-15));
   CHECK_FALSE(pd.at("temperature").decay);
-  CHECK(values(pd.decay_mask) == std::vector<double>(size_t(pd.decay_mask.numel()), 0.0));
+  CHECK(values(pd.decay_mask()) == std::vector<double>(size_t(pd.data.numel()), 0.0));
   // S / tau for a similarity matrix: d/dparam of sum(S / tau) = -sum(S) / tau² while param > 0.
   Tensor s = randn({3, 3}, 40, DType::f64);
   check_param_grads(pd, [&] { return autograd::sum_all(autograd::div(Var(s), dense.tau())); });

@@ -98,7 +98,7 @@ TEST_CASE("models/params: one flat buffer, aligned views, preset gradient views,
   }
   CHECK(names == std::vector<std::string>{"temperature", "a.weight", "a.bias", "n.weight", "n.bias"});
   // Weight decay only on the matrix.
-  const auto mask = vec(ps.decay_mask);
+  const auto mask = vec(ps.decay_mask());
   for (const auto& e : ps.entries())
     for (int64_t i = 0; i < e.shape.numel(); ++i)
       CHECK(mask[e.offset + i] == (e.name == "a.weight" ? 1.0 : 0.0));

@@ -291,40 +291,50 @@ TEST_CASE("optimizer/sgd: nesterov momentum equals the per-parameter reference")
   CHECK(plain.state_tensors().size() == 1);  // just the step
 }
 
-TEST_CASE("optimizer/ranges: one kernel call without LLRD, ranges tile the buffer") {
-  TinyVit model(3);
-  models::ParamSet ps(model, 1, DType::f32);
-  train::OptimizerConfig cfg;
-  train::Optimizer plain(ps, cfg);
-  REQUIRE(plain.num_kernel_calls_per_step() == 1);
-  CHECK(plain.ranges()[0].begin == 0);
-  CHECK(plain.ranges()[0].length == ps.data.numel());
-  train::Optimizer uniform(ps, cfg, std::vector<double>(ps.entries().size(), 0.5));
-  CHECK(uniform.num_kernel_calls_per_step() == 1);
-  CHECK(uniform.ranges()[0].scale == 0.5);
-
-  const auto scales = train::layer_decay_scales(ps, 3, 0.6, is_block1_mlp);
-  train::Optimizer llrd(ps, cfg, scales);
-  // Expected: one range per run of equal consecutive scales.
+// The ranges an optimizer updates with one kernel call each tile the flat buffer, and every entry
+// lies inside a range carrying its lr scale and its decay flag; adjacent equal ones are merged.
+static void check_ranges(const models::ParamSet& ps, const train::Optimizer& opt,
+                  const std::vector<double>& scales) {
+  auto scale_of = [&](size_t i) { return scales.empty() ? 1.0 : scales[i]; };
   size_t runs = 0;
-  for (size_t i = 0; i < scales.size(); ++i) runs += i == 0 || scales[i] != scales[i - 1];
-  CHECK(runs == 6);  // embed, block 0, block 1 norm, block 1 mlp, block 2, norm + head
-  REQUIRE(llrd.ranges().size() == runs);
+  const auto& es = ps.entries();
+  for (size_t i = 0; i < es.size(); ++i)
+    runs += i == 0 || scale_of(i) != scale_of(i - 1) || es[i].decay != es[i - 1].decay;
+  REQUIRE(opt.ranges().size() == runs);
+  CHECK(opt.num_kernel_calls_per_step() == int64_t(runs));
   int64_t at = 0;
-  for (const auto& r : llrd.ranges()) {
+  for (const auto& r : opt.ranges()) {
     CHECK(r.begin == at);
     at += r.length;
   }
   CHECK(at == ps.data.numel());
-  // Every entry lies inside the range carrying its scale.
-  for (size_t i = 0; i < scales.size(); ++i) {
-    const auto& e = ps.entries()[i];
+  for (size_t i = 0; i < es.size(); ++i) {
     bool found = false;
-    for (const auto& r : llrd.ranges())
-      found = found || (e.offset >= r.begin && e.offset + e.shape.numel() <= r.begin + r.length &&
-                        r.scale == scales[i]);
+    for (const auto& r : opt.ranges())
+      found = found || (es[i].offset >= r.begin &&
+                        es[i].offset + es[i].shape.numel() <= r.begin + r.length &&
+                        r.scale == scale_of(i) && r.decay == es[i].decay);
+    CAPTURE(es[i].name);
     CHECK(found);
   }
+}
+
+TEST_CASE("optimizer/ranges: runs of equal lr scale and decay flag tile the buffer") {
+  TinyVit model(3);
+  models::ParamSet ps(model, 1, DType::f32);
+  train::OptimizerConfig cfg;
+  train::Optimizer plain(ps, cfg);
+  check_ranges(ps, plain, {});
+  const std::vector<double> half(ps.entries().size(), 0.5);
+  check_ranges(ps, train::Optimizer(ps, cfg, half), half);
+
+  const auto scales = train::layer_decay_scales(ps, 3, 0.6, is_block1_mlp);
+  size_t scale_runs = 0;
+  for (size_t i = 0; i < scales.size(); ++i) scale_runs += i == 0 || scales[i] != scales[i - 1];
+  CHECK(scale_runs == 6);  // embed, block 0, block 1 norm, block 1 mlp, block 2, norm + head
+  train::Optimizer llrd(ps, cfg, scales);
+  check_ranges(ps, llrd, scales);
+  CHECK(llrd.ranges().size() > plain.ranges().size());
   CHECK_THROWS_CONTAINING(train::Optimizer(ps, cfg, {1.0, 2.0}), "2 lr scales for");
   auto bad = scales;
   bad[3] = -1;

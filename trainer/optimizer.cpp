@@ -65,7 +65,7 @@ std::vector<double> layer_decay_scales(const models::ParamSet& ps, int num_layer
 
 Optimizer::Optimizer(const models::ParamSet& ps, OptimizerConfig cfg,
                      std::vector<double> lr_scales)
-    : cfg_(std::move(cfg)), data_(ps.data), grad_(ps.grad), mask_(ps.decay_mask) {
+    : cfg_(std::move(cfg)), data_(ps.data), grad_(ps.grad) {
   validate(cfg_);
   ENGINE_CHECK(data_.defined() && data_.dim() == 1, "optimizer: the ParamSet has no flat buffer");
   const auto& entries = ps.entries();
@@ -74,17 +74,19 @@ Optimizer::Optimizer(const models::ParamSet& ps, OptimizerConfig cfg,
   for (size_t i = 0; i < lr_scales.size(); ++i)
     ENGINE_CHECK(std::isfinite(lr_scales[i]) && lr_scales[i] >= 0, "optimizer: lr scale of '",
                  entries[i].name, "' must be finite and >= 0, got ", lr_scales[i]);
-  // Runs of entries with equal multiplier; entry i owns [offset_i, offset_{i+1}) so its padding
-  // (zero gradient, never moves) rides along and the ranges tile the whole buffer.
+  // Runs of entries with equal multiplier and decay flag; entry i owns [offset_i, offset_{i+1}) so
+  // its padding (zero gradient, never moves) rides along and the ranges tile the whole buffer. The
+  // decay flag per range replaces a model-sized mask (a parameter's worth of memory).
   const int64_t total = data_.numel();
   for (size_t i = 0; i < entries.size(); ++i) {
     const double s = lr_scales.empty() ? 1.0 : lr_scales[i];
+    const bool decay = entries[i].decay;
     const int64_t begin = i == 0 ? 0 : entries[i].offset;
     const int64_t end = i + 1 < entries.size() ? entries[i + 1].offset : total;
-    if (!ranges_.empty() && ranges_.back().scale == s)
+    if (!ranges_.empty() && ranges_.back().scale == s && ranges_.back().decay == decay)
       ranges_.back().length = end - ranges_.back().begin;
     else
-      ranges_.push_back({begin, end - begin, s});
+      ranges_.push_back({begin, end - begin, s, decay});
   }
   const auto dt = data_.dtype();
   const auto dev = data_.device();
@@ -115,13 +117,14 @@ double Optimizer::step(double lr) {
       hp.beta1 = cfg_.beta1;
       hp.beta2 = cfg_.beta2;
       hp.eps = cfg_.eps;
-      hp.weight_decay = cfg_.weight_decay;
+      hp.weight_decay = r.decay ? cfg_.weight_decay : 0.0;
       hp.step = step_;
       hp.grad_scale = scale;
-      kernels::adamw_step(view(data_), view(grad_), view(m_), view(v_), view(mask_), hp);
+      kernels::adamw_step(view(data_), view(grad_), view(m_), view(v_), Tensor(), hp);
     } else {
-      kernels::sgd_momentum_step(view(data_), view(grad_), view(buf_), view(mask_), lr * r.scale,
-                                 cfg_.momentum, cfg_.weight_decay, cfg_.nesterov, scale);
+      kernels::sgd_momentum_step(view(data_), view(grad_), view(buf_), Tensor(), lr * r.scale,
+                                 cfg_.momentum, r.decay ? cfg_.weight_decay : 0.0, cfg_.nesterov,
+                                 scale);
     }
   }
   return norm;

@@ -23,7 +23,7 @@ using engine::Tensor;
 struct OptimizerConfig {
   std::string name = "adamw";  // "adamw" | "sgd"
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // AdamW
-  double weight_decay = 0.0;   // applied where the ParamSet's decay_mask is 1
+  double weight_decay = 0.0;   // applied to the entries whose decay flag is set (ParamSet)
   double momentum = 0.9;       // SGD (0: plain SGD, no buffer)
   bool nesterov = false;       // SGD
   double max_grad_norm = 0.0;  // global L2 clipping threshold; 0 = off
@@ -57,10 +57,11 @@ class Optimizer {
   struct Range {
     int64_t begin = 0, length = 0;
     double scale = 1.0;
+    bool decay = true;  // weight decay applies (matrices), or not (norms, biases, positions, ...)
   };
 
   // lr_scales: one multiplier per entry of ps.entries() (empty: all 1). The optimizer keeps
-  // handles to ps.data / grad / decay_mask (the storage is shared, the ParamSet may go away).
+  // handles to ps.data / grad (the storage is shared, the ParamSet may go away).
   Optimizer(const models::ParamSet& ps, OptimizerConfig cfg, std::vector<double> lr_scales = {});
 
   // One update with learning rate `lr` (times each range's scale). Returns the global L2 norm of
@@ -72,7 +73,8 @@ class Optimizer {
   bool last_step_skipped() const { return skipped_; }  // the last step() had a non-finite norm
   int64_t skipped_steps() const { return skipped_total_; }
   double last_clip_scale() const { return last_scale_; }  // grad_scale of the last update
-  // The ranges with their multipliers (adjacent entries with equal scale merged; the alignment
+  // The ranges with their multipliers and decay flags (adjacent entries with equal scale and flag
+  // merged; the alignment
   // padding after an entry belongs to its range): one kernel call each.
   const std::vector<Range>& ranges() const { return ranges_; }
   int64_t num_kernel_calls_per_step() const { return int64_t(ranges_.size()); }
@@ -86,7 +88,7 @@ class Optimizer {
 
  private:
   OptimizerConfig cfg_;
-  Tensor data_, grad_, mask_;
+  Tensor data_, grad_;
   Tensor m_, v_, buf_;
   std::vector<Range> ranges_;
   int64_t step_ = 0;

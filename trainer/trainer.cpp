@@ -252,6 +252,16 @@ int run(const Json& config, const RunOptions& opt) {
     last_ckpt = save_checkpoint(out, ps, &optimizer, state, keep);
   };
 
+  // Evaluation runs other shapes (its own batch size, no gradients) than the training steps, whose
+  // cached blocks it cannot use: hand the cache back first and after, so the peak resident memory
+  // stays that of a training step (with the step's blocks kept, a switch-ViT run's peak RSS was
+  // reached in the final evaluation, measured).
+  auto evaluate = [&] {
+    engine::CpuAllocator::release_cached();
+    auto rows = workload->evaluate(rc.at("eval_examples"), rc.at("eval_batch"));
+    engine::CpuAllocator::release_cached();
+    return rows;
+  };
   for (int64_t step = state.step; step < steps; ++step) {
     // Host memory of the step, recorded in metrics.jsonl: once every task (shape) has run, its
     // buffers come from the allocator's cache; what still reaches the system is a few small
@@ -332,7 +342,7 @@ int run(const Json& config, const RunOptions& opt) {
       save(step + 1);
     }
     if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < steps) {
-      auto rows = workload->evaluate(rc.at("eval_examples"), rc.at("eval_batch"));
+      auto rows = evaluate();
       std::fprintf(stderr, "%s", format_table(rows).c_str());
       metrics << Json{{"step", step}, {"eval", rows_json(rows, step + 1)["results"]}}.dump() << "\n";
     }
@@ -342,7 +352,7 @@ int run(const Json& config, const RunOptions& opt) {
   std::fprintf(stderr, "%strained %lld steps in %s; checkpoint %s\n", tty ? "\n" : "",
                (long long)(steps - first), format_duration(now_s() - t_start).c_str(),
                last_ckpt.c_str());
-  auto rows = workload->evaluate(rc.at("eval_examples"), rc.at("eval_batch"));
+  auto rows = evaluate();
   std::printf("%s", format_table(rows).c_str());
   write_atomic(out + "/eval.json", rows_json(rows, steps).dump(2) + "\n");
   return 0;
