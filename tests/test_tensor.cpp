@@ -294,7 +294,10 @@ TEST_CASE("allocator: size classes") {
   CHECK(engine::CpuAllocator::size_class(100) == 128);
   CHECK(engine::CpuAllocator::size_class(5000) == 5120);
   CHECK(engine::CpuAllocator::size_class(1 << 20) == (1 << 20));
-  CHECK(engine::CpuAllocator::size_class((1 << 20) + 1) == (1 << 20) + (1 << 18));
+  // Four classes per power of two up to 1 MiB, sixteen above.
+  CHECK(engine::CpuAllocator::size_class((1 << 19) + 1) == (1 << 19) + (1 << 17));
+  CHECK(engine::CpuAllocator::size_class((1 << 20) + 1) == (1 << 20) + (1 << 16));
+  CHECK(engine::CpuAllocator::size_class((5 << 20) + 1) == (5 << 20) + (1 << 18));
 }
 
 // ---- random tensors
